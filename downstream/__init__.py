@@ -1,0 +1,1 @@
+"""Task heads and metrics, plain PyTorch."""

@@ -1,0 +1,1 @@
+"""The Lightning side: data, tasks, the module and the `strata` command."""

@@ -1,0 +1,174 @@
+"""transformers backend: HuBERT, wav2vec 2.0, WavLM and data2vec-audio from a hub id or a local directory."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
+
+from .base import Upstream, lengths_to_mask, normalize_waveforms, receptive_field
+
+# model_type values of the transformers configs this backend knows how to read every layer from.
+SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+
+
+class UpstreamLoadError(OSError):
+    """A model could not be found or read; the message says where strata looked and what to do."""
+
+
+class HFUpstream(Upstream):
+    """Every hidden layer of a transformers speech encoder.
+
+    `normalize`: per-utterance zero mean / unit variance on the waveform (the checkpoint's `do_normalize`).
+    `use_attention_mask`: pass the padding mask to the model. Checkpoints whose CNN starts with group norm
+    (wav2vec 2.0 / HuBERT / WavLM base) were trained without one, and transformers advises not to pass it; for
+    those, padding changes the features of the shorter utterances in a batch.
+    """
+
+    def __init__(self, model: PreTrainedModel, normalize: bool, use_attention_mask: bool, name: str = "") -> None:
+        super().__init__()
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"{name or 'model'} is a {config.model_type!r} model; the transformers backend reads "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        # Representations must not depend on the training step: no LayerDrop, no SpecAugment masking.
+        config.layerdrop = 0.0
+        config.apply_spec_augment = False
+        self.model = model
+        self.name = name
+        self.normalize = normalize
+        self.use_attention_mask = use_attention_mask
+        self.num_layers = config.num_hidden_layers + 1
+        self.hidden_size = config.hidden_size
+        self.downsample_rate = math.prod(config.conv_stride)
+        self.min_samples = receptive_field(list(zip(config.conv_kernel, config.conv_stride, strict=True)))
+        self.set_trainable("frozen")
+
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(wav_lengths).long()
+
+    def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
+        mask = lengths_to_mask(wav_lengths, wavs.size(1))
+        wavs = normalize_waveforms(wavs, wav_lengths) if self.normalize else wavs * mask
+        out = self.model(
+            wavs,
+            attention_mask=mask.long() if self.use_attention_mask else None,
+            output_hidden_states=True,
+        )
+        return list(out.hidden_states)
+
+    def layer_groups(self):
+        cnn = [self.model.feature_extractor]
+        rest = [m for name, m in self.model.named_children() if name != "feature_extractor"]
+        return cnn, rest
+
+    def transformer_layers(self):
+        return list(self.model.encoder.layers)
+
+    def final_norm(self):
+        # Pre-LN ("stable layer norm") encoders normalise after the last layer.
+        return self.model.encoder.layer_norm if getattr(self.model.config, "do_stable_layer_norm", False) else None
+
+
+def expects_attention_mask(config: PretrainedConfig) -> bool:
+    """Layer-norm CNNs (large models, data2vec-audio) were trained with padding masks; group-norm ones were not."""
+    return getattr(config, "feat_extract_norm", "layer") == "layer"
+
+
+def _readable_load_error(source: str, error: Exception) -> UpstreamLoadError:
+    if Path(source).exists():
+        return UpstreamLoadError(f"could not read a transformers model from {source}: {error}")
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(Path.home(), ".cache", "huggingface")), "hub"
+    )
+    return UpstreamLoadError(
+        f"could not load {source!r}: it is not a local directory, not in the Hugging Face cache ({cache}) and the "
+        f"hub could not be reached or has no such model. Where there is internet, run "
+        f"`hf download {source} --local-dir DIR`, then use hf:DIR (or set HF_HOME to a cache that has it)."
+    )
+
+
+def load_config(source: str, local_files_only: bool = False) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError) as error:
+        raise _readable_load_error(source, error) from None
+
+
+def load_pretrained(source: str, local_files_only: bool = False) -> tuple[PreTrainedModel, bool, bool]:
+    """(model, do_normalize, return_attention_mask) for a hub id or local directory.
+
+    The two flags come from the checkpoint's feature-extractor config; without one, from what its CNN type
+    implies.
+    """
+    config = load_config(source, local_files_only)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{source} is a {config.model_type!r} model; the transformers backend reads "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    try:
+        model = AutoModel.from_pretrained(
+            source, config=config, dtype=torch.float32, local_files_only=local_files_only
+        )
+    except (OSError, ValueError) as error:
+        raise _readable_load_error(source, error) from None
+    try:
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError):
+        extractor = None
+    if extractor is None:
+        return model.eval(), expects_attention_mask(config), expects_attention_mask(config)
+    return model.eval(), extractor.do_normalize, extractor.return_attention_mask
+
+
+def build_hf_upstream(
+    source: str,
+    normalize: bool | None = None,
+    attention_mask: bool | None = None,
+    local_files_only: bool = False,
+) -> HFUpstream:
+    """Load `source` (hub id or local directory) with its pretrained weights; `normalize` / `attention_mask`
+    override the checkpoint's own settings."""
+    model, do_normalize, wants_mask = load_pretrained(source, local_files_only)
+    return HFUpstream(
+        model,
+        normalize=do_normalize if normalize is None else normalize,
+        use_attention_mask=wants_mask if attention_mask is None else attention_mask,
+        name=source,
+    )
+
+
+# Small random-initialised encoders for tests and offline demos: the real architectures at toy width.
+TINY_CONFIG = dict(
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+    conv_dim=(32, 32, 32, 32, 32, 32, 32),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    # Layer-norm CNN and pre-LN encoder, as in the large checkpoints: they take a padding mask, so a tiny model's
+    # features do not depend on what it was batched with.
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+)
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
+    """A 4-layer, 64-wide model of `model_type`, the same weights for the same seed."""
+    config = AutoConfig.for_model(model_type, **{**TINY_CONFIG, **overrides})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModel.from_config(config).eval()
+
+
+def build_tiny_upstream(model_type: str, seed: int = 0, **overrides) -> HFUpstream:
+    model = tiny_model(model_type, seed=seed, **overrides)
+    mask = expects_attention_mask(model.config)
+    return HFUpstream(model, normalize=mask, use_attention_mask=mask, name=f"tiny {model_type}")

@@ -1,0 +1,180 @@
+"""Interfaces: how the L+1 hidden states of an upstream become one feature sequence for a downstream head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import lengths_to_mask
+
+INTERFACES: dict[str, Callable[..., Interface]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        if name in INTERFACES:
+            raise ValueError(f"interface {name!r} is registered twice")
+        INTERFACES[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def build_interface(name: str, num_layers: int, hidden_size: int, **kw) -> Interface:
+    """`num_layers` is the number of hidden states (L+1); options such as `output_size`, `layer` or `normalize`
+    go to the interface."""
+    try:
+        cls = INTERFACES[name]
+    except KeyError:
+        raise ValueError(f"unknown interface {name!r}; choose from {sorted(INTERFACES)}") from None
+    return cls(num_layers=num_layers, hidden_size=hidden_size, **kw)
+
+
+class Interface(nn.Module):
+    """`forward(hidden_states: L+1 x [B, T, D], lengths [B]) -> [B, T, output_size]`, padded frames set to zero.
+
+    `output_size` defaults to the hidden size; when the combination has another width, a linear layer maps it.
+    """
+
+    name: str
+
+    def __init__(self, num_layers: int, hidden_size: int, output_size: int | None = None) -> None:
+        super().__init__()
+        if num_layers < 1 or hidden_size < 1:
+            raise ValueError(f"num_layers and hidden_size must be positive; got {num_layers}, {hidden_size}")
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.output_size = output_size or hidden_size
+        self.set_combined_size(hidden_size)
+
+    def set_combined_size(self, size: int) -> None:
+        """Declare the width `combine` returns; adds the projection to `output_size` when they differ."""
+        self.project = nn.Linear(size, self.output_size) if size != self.output_size else nn.Identity()
+
+    def combine(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...], lengths: torch.Tensor) -> torch.Tensor:
+        if len(hidden_states) != self.num_layers:
+            raise ValueError(
+                f"{self.name} interface was built for {self.num_layers} hidden states, got {len(hidden_states)}"
+            )
+        features = self.project(self.combine(list(hidden_states)))
+        mask = lengths_to_mask(lengths.to(features.device), features.size(1))
+        return features * mask[..., None].to(features.dtype)
+
+
+@register("last")
+class LastLayer(Interface):
+    """The output of the last transformer layer, as most fine-tuning recipes use."""
+
+    def combine(self, hidden_states):
+        return hidden_states[-1]
+
+
+@register("layer")
+class SingleLayer(Interface):
+    """One hidden state by index (negative counts from the end): for layer-wise probing."""
+
+    def __init__(self, num_layers: int, hidden_size: int, layer: int = -1, output_size: int | None = None):
+        super().__init__(num_layers, hidden_size, output_size)
+        if not -num_layers <= layer < num_layers:
+            raise ValueError(f"layer {layer} is out of range for {num_layers} hidden states")
+        self.layer = layer
+
+    def combine(self, hidden_states):
+        return hidden_states[self.layer]
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}"
+
+
+@register("weighted_sum")
+class WeightedSum(Interface):
+    """SUPERB's featurizer: softmax(w) over layers, w initialised to zero (a plain mean at the start), optionally
+    after a per-frame layer norm without affine parameters on each layer."""
+
+    def __init__(self, num_layers: int, hidden_size: int, normalize: bool = False, output_size: int | None = None):
+        super().__init__(num_layers, hidden_size, output_size)
+        self.normalize = normalize
+        self.weight_logits = nn.Parameter(torch.zeros(num_layers))
+
+    def layer_weights(self) -> torch.Tensor:
+        """The normalised weights `[L+1]` (they sum to one), for plots."""
+        return F.softmax(self.weight_logits, dim=0)
+
+    def combine(self, hidden_states):
+        weights = self.layer_weights()
+        total = 0.0
+        # A running sum instead of a stacked [L+1, B, T, D] copy: half the peak memory for large models.
+        for weight, state in zip(weights, hidden_states, strict=True):
+            if self.normalize:
+                state = F.layer_norm(state, state.shape[-1:])
+            total = total + weight * state
+        return total
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, normalize={self.normalize}"
+
+
+@register("concat")
+class Concat(Interface):
+    """All layers side by side per frame, then a linear map to `output_size`."""
+
+    def __init__(self, num_layers: int, hidden_size: int, output_size: int | None = None):
+        super().__init__(num_layers, hidden_size, output_size)
+        self.set_combined_size(num_layers * hidden_size)
+
+    def combine(self, hidden_states):
+        return torch.cat(hidden_states, dim=-1)
+
+
+def hconv_depth(num_states: int) -> int:
+    """floor(log3(num_states)), at least 1, in integers so that powers of three are exact."""
+    depth = 0
+    while 3 ** (depth + 1) <= num_states:
+        depth += 1
+    return max(depth, 1)
+
+
+@register("hconv")
+class HierarchicalConv(Interface):
+    """Hierarchical convolution over the layer axis (Shih & Harwath, "Interface Design for Self-Supervised Speech
+    Models", Interspeech 2024).
+
+    Each frame's L+1 hidden states are a length-(L+1) sequence with D channels. Conv1d(kernel 5, stride 3,
+    padding 2) + ReLU blocks shrink it, floor(log3(L+1)) of them, so depth grows with the log of the layer count.
+    The last block narrows the channels so that channels x remaining positions is about D; the flattened result
+    goes through a linear layer when it is not exactly `output_size`.
+    """
+
+    KERNEL, STRIDE, PADDING = 5, 3, 2
+
+    def __init__(self, num_layers: int, hidden_size: int, output_size: int | None = None):
+        super().__init__(num_layers, hidden_size, output_size)
+        self.depth = hconv_depth(num_layers)
+        positions = num_layers
+        for _ in range(self.depth):
+            positions = (positions + 2 * self.PADDING - self.KERNEL) // self.STRIDE + 1
+        last_channels = max(1, round(hidden_size / positions))
+        blocks = []
+        for i in range(self.depth):
+            out_channels = last_channels if i == self.depth - 1 else hidden_size
+            blocks += [nn.Conv1d(hidden_size, out_channels, self.KERNEL, self.STRIDE, self.PADDING), nn.ReLU()]
+        self.convs = nn.Sequential(*blocks)
+        self.remaining_positions = positions
+        self.set_combined_size(last_channels * positions)
+
+    def combine(self, hidden_states):
+        stacked = torch.stack(hidden_states, dim=2)  # [B, T, L+1, D]
+        batch, frames, layers, dim = stacked.shape
+        x = stacked.reshape(batch * frames, layers, dim).transpose(1, 2)  # [B*T, D, L+1]
+        x = self.convs(x)  # [B*T, C, P]
+        return x.reshape(batch, frames, -1)
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, depth={self.depth}, remaining_positions={self.remaining_positions}"
