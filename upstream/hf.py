@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
 
 from .base import Upstream, lengths_to_mask, normalize_waveforms, receptive_field
+
+# transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
 
 # model_type values of the transformers configs this backend knows how to read every layer from.
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
@@ -43,6 +47,12 @@ class HFUpstream(Upstream):
         self.name = name
         self.normalize = normalize
         self.use_attention_mask = use_attention_mask
+        self._frame_mask: torch.Tensor | None = None
+        # data2vec-audio stacks several positional convolutions; transformers zeroes the padding only before the
+        # first, so later ones smear padding into the last valid frames. Zeroing it before each keeps every
+        # valid frame equal to running the utterance alone.
+        for layer in getattr(model.encoder.pos_conv_embed, "layers", []):
+            layer.register_forward_pre_hook(self._zero_padded_frames)
         self.num_layers = config.num_hidden_layers + 1
         self.hidden_size = config.hidden_size
         self.downsample_rate = math.prod(config.conv_stride)
@@ -55,12 +65,24 @@ class HFUpstream(Upstream):
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
         mask = lengths_to_mask(wav_lengths, wavs.size(1))
         wavs = normalize_waveforms(wavs, wav_lengths) if self.normalize else wavs * mask
-        out = self.model(
-            wavs,
-            attention_mask=mask.long() if self.use_attention_mask else None,
-            output_hidden_states=True,
-        )
+        if self.use_attention_mask:
+            frames = self.frame_lengths(wav_lengths)
+            self._frame_mask = lengths_to_mask(frames, int(self.frame_lengths(wav_lengths.new_tensor([wavs.size(1)]))))
+        try:
+            out = self.model(
+                wavs,
+                attention_mask=mask.long() if self.use_attention_mask else None,
+                output_hidden_states=True,
+            )
+        finally:
+            self._frame_mask = None
         return list(out.hidden_states)
+
+    def _zero_padded_frames(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
+        if self._frame_mask is None:
+            return None
+        x = args[0]  # [B, D, T]
+        return (x * self._frame_mask[:, None, :].to(x.dtype), *args[1:])
 
     def layer_groups(self):
         cnn = [self.model.feature_extractor]
@@ -160,9 +182,13 @@ TINY_CONFIG = dict(
 )
 
 
+# data2vec-audio reads num_conv_pos_embeddings as the number of positional conv layers, not their width.
+TINY_TYPE_CONFIG = {"data2vec-audio": dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=5)}
+
+
 def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
     """A 4-layer, 64-wide model of `model_type`, the same weights for the same seed."""
-    config = AutoConfig.for_model(model_type, **{**TINY_CONFIG, **overrides})
+    config = AutoConfig.for_model(model_type, **{**TINY_CONFIG, **TINY_TYPE_CONFIG.get(model_type, {}), **overrides})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModel.from_config(config).eval()

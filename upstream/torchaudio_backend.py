@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torchaudio
 from torchaudio.models import Wav2Vec2Model
+from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 
 from .base import Upstream, conv_output_lengths, lengths_to_mask, normalize_waveforms, receptive_field
 from .hf import UpstreamLoadError
@@ -60,6 +61,7 @@ class TorchaudioUpstream(Upstream):
         ]
         transformer = model.encoder.transformer
         transformer.layer_drop = 0.0
+        self.is_wavlm = isinstance(transformer.layers[0].attention, WavLMSelfAttention)
         self.sample_rate = sample_rate
         self.num_layers = len(transformer.layers) + 1
         self.hidden_size = model.encoder.feature_projection.projection.out_features
@@ -77,12 +79,20 @@ class TorchaudioUpstream(Upstream):
             else wavs * lengths_to_mask(wav_lengths, wavs.size(1))
         )
         features, lengths = self.model.feature_extractor(wavs, wav_lengths)
-        x, attention_mask = self.model.encoder._preprocess(features, lengths if self.use_attention_mask else None)
+        if not self.use_attention_mask:
+            lengths = None
+        # Zeroes padded frames and builds the additive mask wav2vec 2.0 / HuBERT attention takes.
+        x, attention_mask = self.model.encoder._preprocess(features, lengths)
+        padding = None if lengths is None else ~lengths_to_mask(lengths, x.size(1))
+        if self.is_wavlm:
+            # torchaudio's WavLM attention takes the padding as key_padding_mask only (its own extract_features
+            # cannot mask at all); the other attentions ignore key_padding_mask.
+            attention_mask = None
         transformer = self.model.encoder.transformer
         x = transformer._preprocess(x)
         states, position_bias = [x], None
         for layer in transformer.layers:
-            x, position_bias = layer(x, attention_mask, position_bias=position_bias)
+            x, position_bias = layer(x, attention_mask, position_bias=position_bias, key_padding_mask=padding)
             states.append(x)
         return states
 
@@ -116,7 +126,13 @@ def load_state_dict_file(model: Wav2Vec2Model, path: str | os.PathLike) -> None:
         from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
         state = _convert_state_dict(state["model"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise UpstreamLoadError(
+            f"checkpoint {path} does not fit the chosen builder ({first}); pick the builder of the same size"
+        ) from None
     # CTC heads (aux) may be missing or extra; encoder weights may not.
     missing = [k for k in missing if not k.startswith("aux.")]
     unexpected = [k for k in unexpected if not k.startswith(("aux.", "mask_emb", "label_embs", "final_proj"))]
