@@ -12,8 +12,8 @@ TRAINABLE_HELP = "'frozen', 'all' or 'top:K'"
 
 @dataclass
 class UpstreamOutput:
-    """`hidden_states`: L+1 tensors `[B, T, D]` (index 0 enters the first layer, index i leaves layer i);
-    `lengths [B]`: valid frames of each utterance."""
+    """`hidden_states`: L+1 tensors `[B, T, D]` (index 0 enters the first layer, index i leaves layer i, the
+    last is the encoder output, after the final norm of pre-LN encoders); `lengths [B]`: valid frames."""
 
     hidden_states: list[torch.Tensor]
     lengths: torch.Tensor

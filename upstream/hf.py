@@ -76,7 +76,9 @@ class HFUpstream(Upstream):
             )
         finally:
             self._frame_mask = None
-        return list(out.hidden_states)
+        # The last state is the encoder's output, after the final norm of pre-LN encoders, as fairseq, S3PRL and
+        # transformers 4 report it (transformers 5 returns the pre-norm value in hidden_states[-1]).
+        return [*out.hidden_states[:-1], out.last_hidden_state]
 
     def _zero_padded_frames(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
         if self._frame_mask is None:

@@ -94,6 +94,9 @@ class TorchaudioUpstream(Upstream):
         for layer in transformer.layers:
             x, position_bias = layer(x, attention_mask, position_bias=position_bias, key_padding_mask=padding)
             states.append(x)
+        final_norm = self.final_norm()
+        if final_norm is not None:  # pre-LN: the encoder's output is normalised, as in the transformers backend
+            states[-1] = final_norm(x)
         return states
 
     def layer_groups(self):

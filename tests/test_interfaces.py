@@ -1,0 +1,157 @@
+"""Interfaces combine layers as their definitions say, and only they and the head learn on a frozen upstream."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from upstream import build_upstream
+from upstream.interfaces import INTERFACES, build_interface, hconv_depth
+
+
+def states(num_layers=5, batch=2, frames=7, dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, frames, dim, generator=generator) for _ in range(num_layers)]
+
+
+LENGTHS = torch.tensor([7, 4])
+
+
+def test_weighted_sum_equals_softmax_of_logits_computed_by_hand():
+    hidden = states()
+    interface = build_interface("weighted_sum", 5, 16)
+    logits = [0.5, -1.0, 2.0, 0.0, 1.0]
+    with torch.no_grad():
+        interface.weight_logits.copy_(torch.tensor(logits))
+    z = sum(math.exp(v) for v in logits)
+    weights = [math.exp(v) / z for v in logits]
+    expected = sum(w * h for w, h in zip(weights, hidden, strict=True))
+    out = interface(hidden, LENGTHS)
+    assert torch.allclose(out[0], expected[0], atol=1e-6)
+    assert torch.allclose(out[1, :4], expected[1, :4], atol=1e-6)
+    assert torch.all(out[1, 4:] == 0)  # padded frames are zeroed
+    assert interface.layer_weights().sum().item() == pytest.approx(1.0)
+    assert interface.layer_weights().tolist() == pytest.approx(weights)
+
+
+def test_weighted_sum_starts_as_the_mean_of_layers():
+    hidden = states()
+    out = build_interface("weighted_sum", 5, 16)(hidden, torch.tensor([7, 7]))
+    assert torch.allclose(out, torch.stack(hidden).mean(0), atol=1e-6)
+
+
+def test_weighted_sum_layer_norm_is_per_frame_without_affine():
+    hidden = states()
+    out = build_interface("weighted_sum", 5, 16, normalize=True)(hidden, torch.tensor([7, 7]))
+    normed = [(h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5) for h in hidden]
+    assert torch.allclose(out, torch.stack(normed).mean(0), atol=1e-5)
+    assert not any(isinstance(m, nn.LayerNorm) for m in build_interface("weighted_sum", 5, 16, normalize=True).modules())
+
+
+def test_last_and_layer_pick_the_right_state():
+    hidden = states()
+    lengths = torch.tensor([7, 7])
+    assert torch.equal(build_interface("last", 5, 16)(hidden, lengths), hidden[-1])
+    assert torch.equal(build_interface("layer", 5, 16, layer=2)(hidden, lengths), hidden[2])
+    assert torch.equal(build_interface("layer", 5, 16, layer=-2)(hidden, lengths), hidden[3])
+    with pytest.raises(ValueError, match="out of range"):
+        build_interface("layer", 5, 16, layer=5)
+
+
+def test_concat_maps_all_layers_to_the_output_size():
+    interface = build_interface("concat", 5, 16, output_size=10)
+    assert interface.project.in_features == 80
+    assert interface(states(), LENGTHS).shape == (2, 7, 10)
+
+
+@pytest.mark.parametrize("num_states,depth", [(1, 1), (2, 1), (5, 1), (9, 2), (13, 2), (25, 2), (27, 3), (49, 3)])
+def test_hconv_depth_is_floor_log3_of_the_layer_count(num_states, depth):
+    assert hconv_depth(num_states) == depth
+    interface = build_interface("hconv", num_states, 12)
+    assert sum(isinstance(m, nn.Conv1d) for m in interface.modules()) == depth
+
+
+@pytest.mark.parametrize("num_states,hidden", [(5, 64), (13, 768), (25, 1024), (13, 100), (1, 80)])
+def test_hconv_output_size_is_exact(num_states, hidden):
+    interface = build_interface("hconv", num_states, hidden)
+    out = interface(states(num_states, dim=hidden), LENGTHS)
+    assert out.shape == (2, 7, hidden)
+    assert build_interface("hconv", num_states, hidden, output_size=33)(states(num_states, dim=hidden), LENGTHS).shape[
+        -1
+    ] == 33
+
+
+def test_hconv_narrows_channels_so_no_projection_is_needed_when_sizes_divide():
+    # 13 states -> 5 -> 2 positions; 768 / 2 = 384 channels, flattened exactly 768.
+    interface = build_interface("hconv", 13, 768)
+    assert interface.remaining_positions == 2
+    assert isinstance(interface.project, nn.Identity)
+    assert interface.convs[-2].out_channels == 384
+
+
+@pytest.mark.parametrize("name", sorted(INTERFACES))
+def test_every_interface_refuses_the_wrong_layer_count(name):
+    with pytest.raises(ValueError, match="hidden states"):
+        build_interface(name, 5, 16)(states(4), LENGTHS)
+
+
+def test_unknown_interface_lists_the_choices():
+    with pytest.raises(ValueError, match="weighted_sum"):
+        build_interface("mean", 5, 16)
+
+
+def test_frozen_upstream_leaves_only_interface_and_head_with_gradients():
+    upstream = build_upstream("tiny_hubert")
+    interface = build_interface("weighted_sum", upstream.num_layers, upstream.hidden_size)
+    head = nn.Linear(upstream.hidden_size, 3)
+    upstream.train(), interface.train(), head.train()
+    assert not any(m.training for m in upstream.modules() if m is not upstream)  # dropout stays off
+    out = upstream(torch.randn(2, 8000), torch.tensor([8000, 6000]))
+    logits = head(interface(out.hidden_states, out.lengths).mean(1))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    assert all(p.grad is None for p in upstream.parameters())
+    assert interface.weight_logits.grad is not None and interface.weight_logits.grad.abs().sum() > 0
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def trainable_names(upstream):
+    return {name for name, p in upstream.named_parameters() if p.requires_grad}
+
+
+def test_top_k_leaves_exactly_the_top_k_layers_trainable():
+    upstream = build_upstream("tiny_hubert", trainable="top:2")
+    names = trainable_names(upstream)
+    layers = {name.split(".")[3] for name in names if name.startswith("model.encoder.layers.")}
+    assert layers == {"2", "3"}
+    # Besides those layers only the final norm of the pre-LN encoder trains.
+    assert {n for n in names if not n.startswith("model.encoder.layers.")} == {
+        "model.encoder.layer_norm.weight",
+        "model.encoder.layer_norm.bias",
+    }
+    out = upstream(torch.randn(1, 8000))
+    out.hidden_states[-1].sum().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in upstream.parameters())
+
+
+def test_all_trains_everything_but_the_cnn_unless_asked(tiny_dirs):
+    upstream = build_upstream(f"torchaudio:{tiny_dirs['hubert']}", trainable="all")
+    names = trainable_names(upstream)
+    assert names and not any(n.startswith("model.feature_extractor.") for n in names)
+    assert all(p.requires_grad for n, p in upstream.named_parameters() if n.startswith("model.encoder."))
+    with_cnn = build_upstream("tiny_wavlm", trainable="all", train_cnn=True)
+    assert all(p.requires_grad for p in with_cnn.parameters() if p is not with_cnn.model.masked_spec_embed)
+
+
+def test_trainable_upstream_follows_train_and_eval():
+    upstream = build_upstream("tiny_hubert", trainable="top:1")
+    upstream.train()
+    assert upstream.model.training
+    upstream.eval()
+    assert not upstream.model.training
+
+
+@pytest.mark.parametrize("bad", ["top:0", "top:x", "some", "top:9"])
+def test_bad_trainable_values_are_refused(bad):
+    with pytest.raises(ValueError, match="trainable|layers"):
+        build_upstream("tiny_hubert", trainable=bad)
