@@ -44,9 +44,13 @@ def test_weighted_sum_starts_as_the_mean_of_layers():
 def test_weighted_sum_layer_norm_is_per_frame_without_affine():
     hidden = states()
     out = build_interface("weighted_sum", 5, 16, normalize=True)(hidden, torch.tensor([7, 7]))
-    normed = [(h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5) for h in hidden]
+    normed = [
+        (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5) for h in hidden
+    ]
     assert torch.allclose(out, torch.stack(normed).mean(0), atol=1e-5)
-    assert not any(isinstance(m, nn.LayerNorm) for m in build_interface("weighted_sum", 5, 16, normalize=True).modules())
+    assert not any(
+        isinstance(m, nn.LayerNorm) for m in build_interface("weighted_sum", 5, 16, normalize=True).modules()
+    )
 
 
 def test_last_and_layer_pick_the_right_state():
@@ -77,9 +81,10 @@ def test_hconv_output_size_is_exact(num_states, hidden):
     interface = build_interface("hconv", num_states, hidden)
     out = interface(states(num_states, dim=hidden), LENGTHS)
     assert out.shape == (2, 7, hidden)
-    assert build_interface("hconv", num_states, hidden, output_size=33)(states(num_states, dim=hidden), LENGTHS).shape[
-        -1
-    ] == 33
+    assert (
+        build_interface("hconv", num_states, hidden, output_size=33)(states(num_states, dim=hidden), LENGTHS).shape[-1]
+        == 33
+    )
 
 
 def test_hconv_narrows_channels_so_no_projection_is_needed_when_sizes_divide():

@@ -63,7 +63,16 @@ def test_a_bare_directory_path_is_read_as_a_transformers_model(tiny_dirs):
 
 
 @pytest.mark.parametrize(
-    "name", ["tiny_hubert", "tiny_wav2vec2", "tiny_wavlm", "hf:data2vec-audio", "torchaudio:wavlm", "fbank", "logmel"]
+    "name",
+    [
+        "tiny_hubert",
+        "tiny_wav2vec2",
+        "tiny_wavlm",
+        "hf:data2vec-audio",
+        "torchaudio:wavlm",
+        "fbank",
+        "logmel",
+    ],
 )
 def test_padding_does_not_change_valid_frames_of_masked_models(name, tiny_dirs, batch):
     if ":" in name:
@@ -114,7 +123,8 @@ def test_torchaudio_builder_loads_its_own_state_dict(tmp_path):
     upstream = build_upstream("torchaudio:wavlm_base", checkpoint=path)
     assert upstream.num_layers == 13 and upstream.hidden_size == 768
     assert torch.equal(
-        upstream.model.encoder.feature_projection.projection.weight, model.encoder.feature_projection.projection.weight
+        upstream.model.encoder.feature_projection.projection.weight,
+        model.encoder.feature_projection.projection.weight,
     )
     out = upstream(torch.randn(1, 4000))
     assert out.lengths.tolist() == [hand_conv_lengths(4000, SSL_CONV)]

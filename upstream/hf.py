@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -117,9 +120,22 @@ def _readable_load_error(source: str, error: Exception) -> UpstreamLoadError:
     )
 
 
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Hide huggingface_hub's per-retry warnings: a failure ends in one readable error instead."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_config(source: str, local_files_only: bool = False) -> PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+        with _quiet_hub():
+            return AutoConfig.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
         raise _readable_load_error(source, error) from None
 
@@ -137,9 +153,7 @@ def load_pretrained(source: str, local_files_only: bool = False) -> tuple[PreTra
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     try:
-        model = AutoModel.from_pretrained(
-            source, config=config, dtype=torch.float32, local_files_only=local_files_only
-        )
+        model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
         raise _readable_load_error(source, error) from None
     try:

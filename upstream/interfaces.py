@@ -58,7 +58,9 @@ class Interface(nn.Module):
     def combine(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...], lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...], lengths: torch.Tensor
+    ) -> torch.Tensor:
         if len(hidden_states) != self.num_layers:
             raise ValueError(
                 f"{self.name} interface was built for {self.num_layers} hidden states, got {len(hidden_states)}"
@@ -164,7 +166,10 @@ class HierarchicalConv(Interface):
         blocks = []
         for i in range(self.depth):
             out_channels = last_channels if i == self.depth - 1 else hidden_size
-            blocks += [nn.Conv1d(hidden_size, out_channels, self.KERNEL, self.STRIDE, self.PADDING), nn.ReLU()]
+            blocks += [
+                nn.Conv1d(hidden_size, out_channels, self.KERNEL, self.STRIDE, self.PADDING),
+                nn.ReLU(),
+            ]
         self.convs = nn.Sequential(*blocks)
         self.remaining_positions = positions
         self.set_combined_size(last_channels * positions)

@@ -57,7 +57,8 @@ for _name, _hub_id, _layers, _hidden in [
 
 for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec2"), ("tiny_wavlm", "wavlm")]:
     register_preset(
-        _name, Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0)
+        _name,
+        Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0),
     )
 
 register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0))

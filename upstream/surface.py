@@ -84,7 +84,12 @@ class LogMel(SurfaceUpstream):
         super().__init__(sample_rate)
         self.hidden_size = n_mels
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=WINDOW, win_length=WINDOW, hop_length=HOP, n_mels=n_mels, center=False
+            sample_rate=sample_rate,
+            n_fft=WINDOW,
+            win_length=WINDOW,
+            hop_length=HOP,
+            n_mels=n_mels,
+            center=False,
         )
 
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:

@@ -190,7 +190,9 @@ def build_torchaudio_upstream(
             name=f"torchaudio:{source}",
         )
     bundles = sorted(
-        n for n in dir(torchaudio.pipelines) if isinstance(getattr(torchaudio.pipelines, n), torchaudio.pipelines.Wav2Vec2Bundle)
+        n
+        for n in dir(torchaudio.pipelines)
+        if isinstance(getattr(torchaudio.pipelines, n), torchaudio.pipelines.Wav2Vec2Bundle)
     )
     raise ValueError(
         f"torchaudio:{source} is neither a builder ({', '.join(BUILDERS)}), a wav2vec2 bundle "

@@ -1,0 +1,47 @@
+"""Reading audio the project's way: soundfile, mono float32 in [-1, 1], resampled with torchaudio.functional."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import soundfile
+import torch
+import torchaudio
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used as it is; the message names the file and the problem."""
+
+
+def read_audio(
+    path: str | Path, sample_rate: int, start: float | None = None, end: float | None = None
+) -> torch.Tensor:
+    """`[S]` float32 waveform of `path` (optionally the `start`-`end` seconds segment) at `sample_rate`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+        first = 0 if start is None else int(round(start * info.samplerate))
+        last = -1 if end is None else int(round(end * info.samplerate))
+        data, file_rate = soundfile.read(
+            str(path), start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True
+        )
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioError(f"could not read audio file {path}: {error}") from None
+    if data.shape[1] != 1:
+        raise AudioError(f"{path} has {data.shape[1]} channels; strata expects mono audio (mix it down first)")
+    if data.shape[0] == 0:
+        raise AudioError(f"{path} is empty" + ("" if start is None else f" between {start} s and {end} s"))
+    wav = torch.from_numpy(data[:, 0])
+    if file_rate != sample_rate:
+        divisor = math.gcd(file_rate, sample_rate)
+        wav = torchaudio.functional.resample(wav, file_rate // divisor, sample_rate // divisor)
+    return wav
+
+
+def tone(seconds: float = 1.0, frequency: float = 440.0, sample_rate: int = 16000) -> torch.Tensor:
+    """A sine tone at half scale: audio anyone can generate, for demos and smoke runs."""
+    t = torch.arange(int(seconds * sample_rate)) / sample_rate
+    return 0.5 * torch.sin(2 * math.pi * frequency * t)

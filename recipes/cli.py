@@ -1,0 +1,94 @@
+"""The `strata` command: a registry of sub-commands, each an argparse parser and a function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None):
+    def wrap(run: Callable[[argparse.Namespace], None]):
+        COMMANDS[name] = (help, arguments, run)
+        return run
+
+    return wrap
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+@command("upstreams", "list the upstream presets: layers, hidden size, frame rate and source")
+def list_presets(args: argparse.Namespace) -> None:
+    from upstream import PRESETS
+
+    rows = [
+        [name, p.num_layers - 1, p.num_layers, p.hidden_size, f"{p.frame_rate:g} Hz", p.source]
+        for name, p in sorted(PRESETS.items())
+    ]
+    print(markdown_table(["upstream", "layers", "hidden states", "hidden size", "frame rate", "source"], rows))
+    print("\nAlso: hf:<hub id or directory>, torchaudio:<bundle, builder or directory>, or a local directory.")
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream", default="tiny_hubert", help="preset or source (see `strata upstreams`)")
+    parser.add_argument("--audio", help="a mono audio file; a one-second 440 Hz tone when omitted")
+
+
+@command("inspect", "run one clip through an upstream and summarise every hidden layer", _inspect_arguments)
+def inspect_layers(args: argparse.Namespace) -> None:
+    import torch
+
+    from recipes.audio import read_audio, tone
+    from upstream import build_upstream
+
+    upstream = build_upstream(args.upstream)
+    wav = tone(sample_rate=upstream.sample_rate) if args.audio is None else read_audio(args.audio, upstream.sample_rate)
+    with torch.no_grad():
+        out = upstream(wav[None])
+    source = args.audio or "a 1 s 440 Hz tone"
+    print(
+        f"{args.upstream}: {upstream.num_layers} hidden states of size {upstream.hidden_size}, "
+        f"{upstream.frame_rate:g} frames/s; input {source} ({wav.numel() / upstream.sample_rate:.2f} s)"
+    )
+    rows, previous = [], None
+    for i, state in enumerate(out.hidden_states):
+        x = state[0, : int(out.lengths[0])]
+        similarity = "" if previous is None else f"{torch.nn.functional.cosine_similarity(x, previous).mean():.3f}"
+        rows.append([i, x.size(0), f"{x.mean():.3f}", f"{x.std():.3f}", f"{x.norm(dim=-1).mean():.2f}", similarity])
+        previous = x
+    print(markdown_table(["layer", "frames", "mean", "std", "mean frame norm", "cos to previous"], rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strata", description="speech SSL representations: upstreams, probes, recipes"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, arguments, _) in COMMANDS.items():
+        arguments(sub.add_parser(name, help=help, description=help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from upstream import UpstreamLoadError
+
+    try:
+        COMMANDS[args.command][2](args)
+    except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
+        # Library code raises with the what and where; the command line shows just that, on one line.
+        print(f"strata {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

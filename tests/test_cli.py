@@ -1,0 +1,48 @@
+"""The `strata` command lists presets and summarises layers; errors come out as one line and exit code 2."""
+
+import numpy as np
+import soundfile
+
+from recipes.cli import main
+from upstream import PRESETS
+
+
+def test_upstreams_lists_every_preset_with_its_sizes(capsys):
+    assert main(["upstreams"]) == 0
+    out = capsys.readouterr().out
+    for name, preset in PRESETS.items():
+        line = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:5] == [
+            str(preset.num_layers - 1),
+            str(preset.num_layers),
+            str(preset.hidden_size),
+            f"{preset.frame_rate:g} Hz",
+        ]
+    assert "facebook/hubert-base-ls960" in out
+
+
+def test_inspect_summarises_every_layer_of_a_tone(capsys):
+    assert main(["inspect", "--upstream", "tiny_hubert"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "layer" not in line]
+    assert [int(r.split("|")[1]) for r in rows] == [0, 1, 2, 3, 4]
+    assert all(int(r.split("|")[2]) == 49 for r in rows)  # 1 s at 16 kHz -> 49 frames
+
+
+def test_inspect_reads_and_resamples_a_file(tmp_path, capsys):
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype("float32"), 8000)
+    assert main(["inspect", "--upstream", "fbank", "--audio", str(path)]) == 0
+    assert "| 0     | 98 " in capsys.readouterr().out  # 1 s resampled to 16 kHz -> 98 fbank frames
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.zeros((16000, 2), dtype="float32"), 16000)
+    assert main(["inspect", "--upstream", "fbank", "--audio", str(stereo)]) == 2
+    err = capsys.readouterr().err
+    assert "stereo.wav has 2 channels" in err and err.count("\n") == 1
+    assert main(["inspect", "--upstream", "nope"]) == 2
+    assert "unknown upstream 'nope'" in capsys.readouterr().err
+    assert main(["inspect", "--audio", str(tmp_path / "missing.wav")]) == 2
+    assert "does not exist" in capsys.readouterr().err
