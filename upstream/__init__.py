@@ -1,7 +1,6 @@
 """SSL front-ends that return every hidden layer with its frame lengths."""
 
-from .base import Upstream, UpstreamOutput, lengths_to_mask
-from .hf import UpstreamLoadError
+from .base import Upstream, UpstreamLoadError, UpstreamOutput, lengths_to_mask
 from .registry import PRESETS, build_upstream, list_upstreams
 
 __all__ = [

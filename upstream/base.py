@@ -10,6 +10,10 @@ from torch import nn
 TRAINABLE_HELP = "'frozen', 'all' or 'top:K'"
 
 
+class UpstreamLoadError(OSError):
+    """A model could not be found or read; the message says where strata looked and what to do."""
+
+
 @dataclass
 class UpstreamOutput:
     """`hidden_states`: L+1 tensors `[B, T, D]` (index 0 enters the first layer, index i leaves layer i, the

@@ -13,17 +13,13 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
 
-from .base import Upstream, lengths_to_mask, normalize_waveforms, receptive_field
+from .base import Upstream, UpstreamLoadError, lengths_to_mask, normalize_waveforms, receptive_field
 
 # transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
 
 # model_type values of the transformers configs this backend knows how to read every layer from.
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
-
-
-class UpstreamLoadError(OSError):
-    """A model could not be found or read; the message says where strata looked and what to do."""
 
 
 class HFUpstream(Upstream):

@@ -11,8 +11,14 @@ import torchaudio
 from torchaudio.models import Wav2Vec2Model
 from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 
-from .base import Upstream, conv_output_lengths, lengths_to_mask, normalize_waveforms, receptive_field
-from .hf import UpstreamLoadError
+from .base import (
+    Upstream,
+    UpstreamLoadError,
+    conv_output_lengths,
+    lengths_to_mask,
+    normalize_waveforms,
+    receptive_field,
+)
 
 # torchaudio.models builders that return a bare encoder (randomly initialised until a checkpoint is loaded).
 BUILDERS = (
