@@ -195,3 +195,21 @@ def test_waveform_normalisation_matches_the_feature_extractor(batch):
 def test_conv_output_lengths_matches_the_formula():
     n = torch.tensor([400, 401, 719, 720, 16000, 16001])
     assert conv_output_lengths(n, SSL_CONV).tolist() == [hand_conv_lengths(int(x), SSL_CONV) for x in n]
+
+
+def test_fbank_is_kaldi_fbank_on_16_bit_values(batch):
+    from torchaudio.compliance import kaldi
+
+    wavs, lengths = batch
+    out = build_upstream("fbank")(wavs, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        reference = kaldi.fbank(wavs[i : i + 1, :n] * 32768, num_mel_bins=80, dither=0.0)
+        assert torch.allclose(out.hidden_states[0][i, : reference.size(0)], reference, atol=1e-4)
+
+
+def test_tiny_presets_are_the_same_model_every_time():
+    a, b = build_upstream("tiny_wavlm"), build_upstream("tiny_wavlm")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    state = torch.get_rng_state()
+    build_upstream("tiny_hubert")
+    assert torch.equal(state, torch.get_rng_state())  # building does not disturb the caller's seed
