@@ -150,13 +150,44 @@ def test_all_trains_everything_but_the_cnn_unless_asked(tiny_dirs):
 
 def test_trainable_upstream_follows_train_and_eval():
     upstream = build_upstream("tiny_hubert", trainable="top:1")
+    wav = torch.randn(1, 8000)
+    with torch.no_grad():  # built in eval mode: no dropout until a trainer asks
+        assert torch.equal(upstream(wav).hidden_states[-1], upstream(wav).hidden_states[-1])
     upstream.train()
-    assert upstream.model.training
+    assert upstream.model.training and upstream.model.encoder.layers[3].training
+    # The frozen CNN and the frozen layers below the top one keep dropout off.
+    assert not upstream.model.feature_extractor.training
+    assert not any(layer.training for layer in upstream.model.encoder.layers[:3])
     upstream.eval()
     assert not upstream.model.training
+
+
+@pytest.mark.parametrize("source", ["tiny_hubert", "torchaudio:hubert"])
+def test_top_k_builds_no_graph_below_the_trained_layers(source, tiny_dirs):
+    if source.startswith("torchaudio:"):
+        source = f"torchaudio:{tiny_dirs['hubert']}"
+    upstream = build_upstream(source, trainable="top:1").train()
+    out = upstream(torch.randn(2, 8000), torch.tensor([8000, 5000]))
+    assert not any(state.requires_grad for state in out.hidden_states[:-2])
+    assert out.hidden_states[-1].requires_grad
+    layers = upstream.transformer_layers()
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    assert not any(p.requires_grad for layer in layers[:-1] for p in layer.parameters())
+
+
+def test_train_cnn_needs_a_trainable_upstream():
+    with pytest.raises(ValueError, match="train_cnn"):
+        build_upstream("tiny_hubert", train_cnn=True)
 
 
 @pytest.mark.parametrize("bad", ["top:0", "top:x", "some", "top:9"])
 def test_bad_trainable_values_are_refused(bad):
     with pytest.raises(ValueError, match="trainable|layers"):
         build_upstream("tiny_hubert", trainable=bad)
+
+
+def test_post_ln_encoders_keep_their_input_norm_frozen_under_top_k(tiny_dirs):
+    # data2vec-audio normalises before the first layer; only pre-LN encoders train a final norm with the top layers.
+    upstream = build_upstream(f"hf:{tiny_dirs['data2vec-audio']}", trainable="top:1")
+    assert upstream.final_norm() is None
+    assert not upstream.model.encoder.layer_norm.weight.requires_grad

@@ -132,13 +132,10 @@ def test_torchaudio_builder_loads_its_own_state_dict(tmp_path):
 
 
 def test_torchaudio_builder_refuses_a_checkpoint_of_another_size(tmp_path):
-    import torchaudio
-
     path = tmp_path / "other.pt"
     torch.save({"encoder.feature_projection.projection.weight": torch.zeros(3, 3)}, path)
     with pytest.raises(UpstreamLoadError, match="does not fit"):
         build_upstream("torchaudio:hubert_base", checkpoint=path)
-    assert torchaudio  # the builder itself exists in this torchaudio
 
 
 def test_offline_hub_id_gives_one_readable_line(tmp_path, monkeypatch):
@@ -213,3 +210,79 @@ def test_tiny_presets_are_the_same_model_every_time():
     state = torch.get_rng_state()
     build_upstream("tiny_hubert")
     assert torch.equal(state, torch.get_rng_state())  # building does not disturb the caller's seed
+
+
+def test_torchaudio_bundle_loads_weights_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    import torchaudio
+
+    # The bundle's own loading path: torch.hub finds the weight file in its cache and downloads nothing.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    bundle = torchaudio.pipelines.HUBERT_BASE
+    model = torchaudio.models.hubert_base()
+    torch.nn.init.normal_(model.encoder.feature_projection.projection.weight)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(model.state_dict(), tmp_path / "hub" / "checkpoints" / bundle._path)
+    upstream = build_upstream("torchaudio:HUBERT_BASE")
+    assert torch.equal(
+        upstream.model.encoder.feature_projection.projection.weight, model.encoder.feature_projection.projection.weight
+    )
+    assert upstream.num_layers == 13 and not upstream.normalize and not upstream.use_attention_mask
+    assert upstream(torch.randn(1, 4000)).hidden_states[-1].shape == (1, 12, 768)
+
+
+def test_normalising_bundles_are_unwrapped_to_their_encoder(tiny_dirs):
+    from torchaudio.models.wav2vec2.utils import import_huggingface_model
+    from torchaudio.pipelines._wav2vec2.utils import _extend_model
+    from transformers import AutoModel
+
+    from upstream.torchaudio_backend import bundle_encoder
+
+    encoder = import_huggingface_model(AutoModel.from_pretrained(tiny_dirs["hubert"]))
+    wrapped = _extend_model(encoder, normalize_waveform=True)  # what HUBERT_LARGE.get_model() returns
+    assert bundle_encoder(wrapped) is encoder and bundle_encoder(encoder) is encoder
+
+
+def test_hf_backend_returns_the_models_own_states(tiny_dirs, batch):
+    from transformers import AutoModel
+
+    wavs, lengths = batch
+    upstream = build_upstream(f"hf:{tiny_dirs['wavlm']}")
+    model = AutoModel.from_pretrained(tiny_dirs["wavlm"]).eval()
+    normed = normalize_waveforms(wavs, lengths)
+    mask = (torch.arange(wavs.size(1))[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        reference = model(normed, attention_mask=mask, output_hidden_states=True)
+    expected = [*reference.hidden_states[:-1], reference.last_hidden_state]  # last: after the final norm
+    for ours, theirs in zip(upstream(wavs, lengths).hidden_states, expected, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_normalisation_follows_the_preprocessor_config_or_the_cnn_type(tmp_path, batch):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from upstream.hf import tiny_model
+
+    wavs, lengths = batch
+    tiny_model("hubert", seed=3).save_pretrained(tmp_path / "bare")  # no preprocessor config: layer-norm CNN
+    bare = build_upstream(f"hf:{tmp_path / 'bare'}")
+    assert bare.normalize and bare.use_attention_mask
+    tiny_model("hubert", seed=3).save_pretrained(tmp_path / "raw")
+    Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=True).save_pretrained(tmp_path / "raw")
+    raw = build_upstream(f"hf:{tmp_path / 'raw'}")
+    assert not raw.normalize
+    # The same weights see a differently scaled waveform: normalisation really is on in one and off in the other.
+    assert not torch.allclose(bare(wavs, lengths).hidden_states[0], raw(wavs, lengths).hidden_states[0], atol=1e-3)
+    assert torch.allclose(bare(wavs * 7, lengths).hidden_states[-1], bare(wavs, lengths).hidden_states[-1], atol=1e-4)
+
+
+def test_models_with_a_length_changing_adapter_are_refused(tmp_path):
+    from upstream.hf import tiny_model
+
+    tiny_model("wav2vec2", add_adapter=True, output_hidden_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="adapter"):
+        build_upstream(f"hf:{tmp_path}")
+
+
+def test_a_missing_local_directory_is_named_as_such():
+    with pytest.raises(UpstreamLoadError, match="directory ./no/such/model does not exist"):
+        build_upstream("hf:./no/such/model")

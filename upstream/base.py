@@ -110,6 +110,8 @@ class Upstream(nn.Module):
     def set_trainable(self, trainable: str = "frozen", train_cnn: bool = False) -> Upstream:
         """Freeze everything, then unfreeze what `trainable` asks for; the CNN only with `train_cnn`."""
         top = parse_trainable(trainable)
+        if train_cnn and top == 0:
+            raise ValueError("train_cnn=True needs a trainable upstream (trainable='all' or 'top:K'), not 'frozen'")
         self.trainable = trainable
         self.requires_grad_(False)
         cnn, rest = self.layer_groups()
@@ -125,7 +127,7 @@ class Upstream(nn.Module):
             final_norm = self.final_norm()
             if final_norm is not None:
                 final_norm.requires_grad_(True)
-        if train_cnn and top != 0:
+        if train_cnn:
             for module in cnn:
                 module.requires_grad_(True)
         self.train(self.training)
@@ -140,9 +142,14 @@ class Upstream(nn.Module):
         return None
 
     def train(self, mode: bool = True) -> Upstream:
-        # A frozen upstream stays in eval mode whatever the trainer asks, so dropout never touches features.
+        # A frozen upstream stays in eval mode whatever the trainer asks, so dropout never touches features; so do
+        # the frozen CNN and frozen layers below the top K of a partly trained one.
         super().train(mode and self.trainable != "frozen")
         self.training = mode
+        if mode and self.trainable != "frozen":
+            for module in [*self.layer_groups()[0], *self.transformer_layers()]:
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
         return self
 
     @property

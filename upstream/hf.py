@@ -39,6 +39,11 @@ class HFUpstream(Upstream):
                 f"{name or 'model'} is a {config.model_type!r} model; the transformers backend reads "
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        if getattr(config, "add_adapter", False):
+            raise ValueError(
+                f"{name or 'model'} has a wav2vec 2.0 adapter, which shortens only the last layer; load the encoder "
+                "without it (add_adapter=False)"
+            )
         # Representations must not depend on the training step: no LayerDrop, no SpecAugment masking.
         config.layerdrop = 0.0
         config.apply_spec_augment = False
@@ -94,8 +99,17 @@ class HFUpstream(Upstream):
         return list(self.model.encoder.layers)
 
     def final_norm(self):
-        # Pre-LN ("stable layer norm") encoders normalise after the last layer.
-        return self.model.encoder.layer_norm if getattr(self.model.config, "do_stable_layer_norm", False) else None
+        # Pre-LN ("stable layer norm") encoders normalise after the last layer; the others before the first.
+        encoder = self.model.encoder
+        return encoder.layer_norm if "StableLayerNorm" in type(encoder).__name__ else None
+
+    def set_trainable(self, trainable: str = "frozen", train_cnn: bool = False) -> HFUpstream:
+        super().set_trainable(trainable, train_cnn)
+        # transformers' CNN marks its output as needing grad whenever its own flag says so (in train mode), which
+        # would build a graph through the frozen CNN and every frozen layer above it (about twice the step time).
+        cnn = self.model.feature_extractor
+        cnn._requires_grad = any(p.requires_grad for p in cnn.parameters())
+        return self
 
 
 def expects_attention_mask(config: PretrainedConfig) -> bool:
@@ -106,6 +120,8 @@ def expects_attention_mask(config: PretrainedConfig) -> bool:
 def _readable_load_error(source: str, error: Exception) -> UpstreamLoadError:
     if Path(source).exists():
         return UpstreamLoadError(f"could not read a transformers model from {source}: {error}")
+    if source.startswith(("/", "./", "../", "~")):
+        return UpstreamLoadError(f"directory {source} does not exist")
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.join(Path.home(), ".cache", "huggingface")), "hub"
     )

@@ -90,4 +90,5 @@ def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False
             f"unknown upstream {name!r}: use a preset ({', '.join(list_upstreams())}), hf:<hub id or directory>, "
             "torchaudio:<bundle or builder>, or a local transformers directory"
         )
-    return builder(**options).set_trainable(trainable, train_cnn=train_cnn)
+    # Built in eval mode, as from_pretrained does; a trainer's .train() switches the trainable part on.
+    return builder(**options).set_trainable(trainable, train_cnn=train_cnn).eval()
