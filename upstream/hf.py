@@ -34,11 +34,7 @@ class HFUpstream(Upstream):
     def __init__(self, model: PreTrainedModel, normalize: bool, use_attention_mask: bool, name: str = "") -> None:
         super().__init__()
         config = model.config
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"{name or 'model'} is a {config.model_type!r} model; the transformers backend reads "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+        check_supported(config, name or "model")
         if getattr(config, "add_adapter", False):
             raise ValueError(
                 f"{name or 'model'} has a wav2vec 2.0 adapter, which shortens only the last layer; load the encoder "
@@ -55,8 +51,10 @@ class HFUpstream(Upstream):
         # data2vec-audio stacks several positional convolutions; transformers zeroes the padding only before the
         # first, so later ones smear padding into the last valid frames. Zeroing it before each keeps every
         # valid frame equal to running the utterance alone.
-        for layer in getattr(model.encoder.pos_conv_embed, "layers", []):
+        pos_convs = getattr(model.encoder.pos_conv_embed, "layers", [])
+        for layer in pos_convs:
             layer.register_forward_pre_hook(self._zero_padded_frames)
+        self._masks_pos_convs = use_attention_mask and len(pos_convs) > 1
         self.num_layers = config.num_hidden_layers + 1
         self.hidden_size = config.hidden_size
         self.downsample_rate = math.prod(config.conv_stride)
@@ -69,9 +67,9 @@ class HFUpstream(Upstream):
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
         mask = lengths_to_mask(wav_lengths, wavs.size(1))
         wavs = normalize_waveforms(wavs, wav_lengths) if self.normalize else wavs * mask
-        if self.use_attention_mask:
-            frames = self.frame_lengths(wav_lengths)
-            self._frame_mask = lengths_to_mask(frames, int(self.frame_lengths(wav_lengths.new_tensor([wavs.size(1)]))))
+        if self._masks_pos_convs:
+            padded_frames = int(self.frame_lengths(wav_lengths.new_tensor([wavs.size(1)]))[0])
+            self._frame_mask = lengths_to_mask(self.frame_lengths(wav_lengths), padded_frames)
         try:
             out = self.model(
                 wavs,
@@ -110,6 +108,14 @@ class HFUpstream(Upstream):
         cnn = self.model.feature_extractor
         cnn._requires_grad = any(p.requires_grad for p in cnn.parameters())
         return self
+
+
+def check_supported(config: PretrainedConfig, name: str) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{name} is a {config.model_type!r} model; the transformers backend reads "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
 
 
 def expects_attention_mask(config: PretrainedConfig) -> bool:
@@ -159,11 +165,7 @@ def load_pretrained(source: str, local_files_only: bool = False) -> tuple[PreTra
     implies.
     """
     config = load_config(source, local_files_only)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{source} is a {config.model_type!r} model; the transformers backend reads "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    check_supported(config, source)  # before fetching any weights
     try:
         model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
