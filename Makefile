@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/strata inspect --upstream tiny_hubert
 
 bench: install
-	$(BIN)/python benchmarks/upstream_overhead.py
+	$(BIN)/python benchmarks/upstream_overhead.py --repeats 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
