@@ -190,3 +190,16 @@ def normalize_waveforms(wavs: torch.Tensor, wav_lengths: torch.Tensor, eps: floa
     mean = (wavs * mask).sum(1, keepdim=True) / count
     var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / count
     return (wavs - mean) / torch.sqrt(var + eps) * mask
+
+
+def prepare_waveforms(wavs: torch.Tensor, wav_lengths: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """What an SSL encoder takes: normalised per utterance when its checkpoint expects it, padding zero either way."""
+    if normalize:
+        return normalize_waveforms(wavs, wav_lengths)
+    return wavs * lengths_to_mask(wav_lengths, wavs.size(1))
+
+
+def split_feature_extractor(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(the CNN `feature_extractor`, every other child) of a wav2vec 2.0-style model, for `layer_groups`."""
+    rest = [m for name, m in model.named_children() if name != "feature_extractor"]
+    return [model.feature_extractor], rest

@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
 
-from .base import Upstream, UpstreamLoadError, lengths_to_mask, normalize_waveforms, receptive_field
+from .base import (
+    Upstream,
+    UpstreamLoadError,
+    lengths_to_mask,
+    prepare_waveforms,
+    receptive_field,
+    split_feature_extractor,
+)
 
 # transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
@@ -66,7 +73,7 @@ class HFUpstream(Upstream):
 
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
         mask = lengths_to_mask(wav_lengths, wavs.size(1))
-        wavs = normalize_waveforms(wavs, wav_lengths) if self.normalize else wavs * mask
+        wavs = prepare_waveforms(wavs, wav_lengths, self.normalize)
         if self._masks_pos_convs:
             padded_frames = int(self.frame_lengths(wav_lengths.new_tensor([wavs.size(1)]))[0])
             self._frame_mask = lengths_to_mask(self.frame_lengths(wav_lengths), padded_frames)
@@ -89,9 +96,7 @@ class HFUpstream(Upstream):
         return (x * self._frame_mask[:, None, :].to(x.dtype), *args[1:])
 
     def layer_groups(self):
-        cnn = [self.model.feature_extractor]
-        rest = [m for name, m in self.model.named_children() if name != "feature_extractor"]
-        return cnn, rest
+        return split_feature_extractor(self.model)
 
     def transformer_layers(self):
         return list(self.model.encoder.layers)

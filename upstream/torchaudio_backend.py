@@ -16,8 +16,9 @@ from .base import (
     UpstreamLoadError,
     conv_output_lengths,
     lengths_to_mask,
-    normalize_waveforms,
+    prepare_waveforms,
     receptive_field,
+    split_feature_extractor,
 )
 
 # torchaudio.models builders that return a bare encoder (randomly initialised until a checkpoint is loaded).
@@ -79,11 +80,7 @@ class TorchaudioUpstream(Upstream):
         return conv_output_lengths(wav_lengths, self.kernels_strides)
 
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
-        wavs = (
-            normalize_waveforms(wavs, wav_lengths)
-            if self.normalize
-            else wavs * lengths_to_mask(wav_lengths, wavs.size(1))
-        )
+        wavs = prepare_waveforms(wavs, wav_lengths, self.normalize)
         features, lengths = self.model.feature_extractor(wavs, wav_lengths)
         if not self.use_attention_mask:
             lengths = None
@@ -106,9 +103,7 @@ class TorchaudioUpstream(Upstream):
         return states
 
     def layer_groups(self):
-        cnn = [self.model.feature_extractor]
-        rest = [m for name, m in self.model.named_children() if name != "feature_extractor"]
-        return cnn, rest
+        return split_feature_extractor(self.model)
 
     def transformer_layers(self):
         return list(self.model.encoder.transformer.layers)
