@@ -67,25 +67,85 @@ def inspect_layers(args: argparse.Namespace) -> None:
     print(markdown_table(["layer", "frames", "mean", "std", "mean frame norm", "cos to previous"], rows))
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", nargs="?", default="exp", help="folder searched for results.json files (default exp)")
+
+
+@command("report", "a markdown table per task of every results.json below a folder", _report_arguments)
+def report(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    root = Path(args.root)
+    paths = sorted(root.rglob("results.json"))
+    if not paths:
+        raise FileNotFoundError(f"no results.json below {root}: run `strata test` first")
+    by_task: dict[str, list[tuple[Path, dict]]] = {}
+    for path in paths:
+        results = json.loads(path.read_text())
+        by_task.setdefault(results.get("task", "?"), []).append((path.parent, results))
+    described = {"task", "upstream", "interface", "trainable", "dataset", "seed", "num_utterances"}
+    for task, runs in sorted(by_task.items()):
+        metrics = [k for k in runs[0][1] if k not in described and isinstance(runs[0][1][k], int | float)]
+        rows = [
+            [r.get("upstream", "?"), r.get("interface", "?"), r.get("trainable", "frozen")]
+            + [f"{100 * r[m]:.2f}" if isinstance(r.get(m), float) and abs(r[m]) <= 1 else r.get(m, "") for m in metrics]
+            + [r.get("num_utterances", ""), r.get("seed", ""), run_dir]
+            for run_dir, r in runs
+        ]
+        header = ["upstream", "interface", "trainable", *metrics, "utterances", "seed", "run"]
+        print(f"\n## {task}\n")
+        print(markdown_table(header, rows))
+
+
+# Handled by LightningCLI (recipes.lightning_cli), which has its own parser; listed here for `strata --help`.
+LIGHTNING_COMMANDS = {
+    "fit": "train a task from a YAML config (strata fit --config recipes/configs/emotion.yaml --data.train ...)",
+    "validate": "evaluate a run's checkpoint on --data.valid",
+    "test": "evaluate a run's checkpoint on --data.test and write results.json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strata", description="speech SSL representations: upstreams, probes, recipes"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=help, add_help=False)
     for name, (help, arguments, _) in COMMANDS.items():
         arguments(sub.add_parser(name, help=help, description=help))
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The message without a DataLoader worker's re-raised traceback: its last line is the original error."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     from upstream import UpstreamLoadError
 
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        name = argv[0]
+        try:
+            from .lightning_cli import run
+
+            run(argv)
+        except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
+            print(f"strata {name}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        return 0
+    args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command][2](args)
     except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
         # Library code raises with the what and where; the command line shows just that, on one line.
-        print(f"strata {args.command}: error: {error}", file=sys.stderr)
+        print(f"strata {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,99 @@
+"""ManifestDataModule: train / valid / test manifests -> length-bucketed DataLoaders."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .data import AudioDataset, BucketBatchSampler, PadCollate, read_manifest
+from .tasks import Task
+
+
+class ManifestDataModule(L.LightningDataModule):
+    """Loaders for JSONL manifests, batched by `max_batch_seconds` of padded audio.
+
+    The task (labels, target collation), the sample rate and the shortest usable clip come from the model the
+    trainer runs (`bind` sets them by hand outside a Trainer). Shuffling is seeded by `seed`, or the run's
+    `seed_everything` seed when unset.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        test: str | None = None,
+        max_batch_seconds: float = 120.0,
+        num_workers: int = 2,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.train, self.valid, self.test = train, valid, test
+        self.max_batch_seconds = max_batch_seconds
+        self.num_workers = num_workers
+        self.seed = seed
+        self.task: Task | None = None
+        self.sample_rate = 16000
+        self.min_samples = 0
+        self.datasets: dict[str, AudioDataset] = {}
+
+    def bind(self, task: Task, sample_rate: int, min_samples: int = 0) -> ManifestDataModule:
+        self.task, self.sample_rate, self.min_samples = task, sample_rate, min_samples
+        return self
+
+    def _needed(self, stage: str) -> list[str]:
+        return {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}[stage]
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer is not None:
+            module = trainer.lightning_module
+            self.bind(module.task, module.upstream.sample_rate, getattr(module.upstream, "min_samples", 0))
+            if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+                raise ValueError(
+                    "strata's bucketed batches shard themselves across processes; "
+                    "set Trainer(use_distributed_sampler=False) (`strata fit` does)"
+                )
+        if self.task is None:
+            raise ValueError("ManifestDataModule has no task: run it in a Trainer with SSLTaskModule, or call bind()")
+        for split in self._needed(stage):
+            path = getattr(self, split)
+            if path is None:
+                raise ValueError(f"`strata {stage}` needs a {split} manifest: pass --data.{split} PATH")
+            if split in self.datasets and str(self.datasets[split].manifest.path) == str(path):
+                continue
+            manifest = read_manifest(path, fields=self.task.fields)
+            self.datasets[split] = AudioDataset(
+                manifest, self.sample_rate, targets=self.task.targets(manifest), min_samples=self.min_samples
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = BucketBatchSampler(
+            dataset.manifest.durations,
+            self.max_batch_seconds,
+            shuffle=shuffle,
+            seed=seed,
+            num_replicas=world_size,
+            rank=rank,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=PadCollate(self.task.collate_targets),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,132 @@
+"""`strata fit / validate / test`: LightningCLI over SSLTaskModule and ManifestDataModule.
+
+On top of LightningCLI: a default run directory `exp/<task>/<upstream>_<interface>`, best and last
+checkpoints under `<run>/checkpoints/`, CSV and TensorBoard logs, the resolved config in the run directory,
+and `--ckpt_path best|last` meaning that run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from .datamodule import ManifestDataModule
+from .module import SSLTaskModule
+
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _task_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"unknown task class {class_path!r} (see recipes.tasks.TASKS)") from None
+
+
+def run_name(upstream: str, interface: str) -> str:
+    """`hf:/models/my-hubert` -> `my-hubert`: a folder name for the upstream, then the interface."""
+    base = Path(upstream.split(":", 1)[-1].rstrip("/")).name or upstream
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", base) + "_" + interface
+
+
+def default_run_dir(task_name: str, upstream: str, interface: str) -> Path:
+    return Path("exp") / task_name / run_name(upstream, interface)
+
+
+class StrataCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            SSLTaskModule,
+            ManifestDataModule,
+            save_config_callback=None,  # written by before_fit/before_test into the run directory instead
+            seed_everything_default=0,
+            trainer_defaults={"use_distributed_sampler": False},  # the bucket sampler shards by rank itself
+            parser_kwargs={"prog": "strata"},
+            args=args,
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        task = _task_class(config.model.task.class_path)
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = str(
+                default_run_dir(task.name, config.model.upstream.name, config.model.interface.name)
+            )
+        self.run_dir = Path(config.trainer.default_root_dir)
+        self.monitor = (f"valid/{task.monitor}", task.monitor_mode)
+        config.ckpt_path = self._resolve_checkpoint(config.get("ckpt_path"))
+
+    def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
+        """`best` / `last` name this run's checkpoints. A fit with `last` and none yet starts afresh, so a
+        recipe can always pass it; evaluating without a checkpoint would score an untrained head, so it is an error."""
+        checkpoints = self.run_dir / "checkpoints"
+        if self.subcommand == "fit":
+            if ckpt_path == "last":
+                last = checkpoints / "last.ckpt"
+                if not last.is_file():
+                    print(f"no {last} yet: starting a new run")
+                    return None
+                print(f"resuming from {last}")
+                return str(last)
+            return ckpt_path
+        ckpt_path = ckpt_path or "best"
+        if ckpt_path in ("best", "last"):
+            path = checkpoints / f"{ckpt_path}.ckpt"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no {ckpt_path} checkpoint at {path}: run `strata fit` with the same config first, "
+                    "or pass --ckpt_path PATH"
+                )
+            return str(path)
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+        return ckpt_path
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        monitor, mode = self.monitor
+        checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints",
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir, name="logs"),
+                TensorBoardLogger(self.run_dir, name="tensorboard"),
+            ]
+        return super().instantiate_trainer(**kwargs)
+
+    @rank_zero_only
+    def _save_config(self, filename: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / filename
+        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False))
+        print(f"run directory {self.run_dir}; config in {path}")
+
+    def before_fit(self) -> None:
+        self._save_config("config.yaml")
+
+    def before_validate(self) -> None:
+        self._save_config("config_validate.yaml")
+
+    def before_test(self) -> None:
+        self._save_config("config_test.yaml")
+
+
+def run(args: list[str]) -> None:
+    StrataCLI(args=args)

@@ -1,0 +1,159 @@
+"""SSLTaskModule: upstream + interface + the task's head, trained and evaluated by Lightning."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from upstream import build_upstream
+from upstream.interfaces import build_interface
+
+from .tasks import Evaluator, Task
+
+
+@dataclass
+class UpstreamConfig:
+    """Which upstream and how much of it trains (`frozen`, `all` or `top:K`; the CNN only with `train_cnn`)."""
+
+    name: str = "fbank"
+    trainable: str = "frozen"
+    train_cnn: bool = False
+
+
+@dataclass
+class InterfaceConfig:
+    """How hidden layers are combined: a name from `upstream.interfaces.INTERFACES` and its options
+    (e.g. `{"layer": 6}` for `layer`, `{"normalize": true}` for `weighted_sum`)."""
+
+    name: str = "weighted_sum"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class SSLTaskModule(L.LightningModule):
+    """One module for every task: the `Task` supplies labels, head, loss and metrics.
+
+    `lr` trains the interface and head; `upstream_lr` the upstream's trainable part (SSL models need a much
+    smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        upstream: UpstreamConfig | None = None,
+        interface: InterfaceConfig | None = None,
+        lr: float = 1e-3,
+        upstream_lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        upstream = upstream or UpstreamConfig()
+        interface = interface or InterfaceConfig()
+        self.save_hyperparameters()
+        # Outside LightningCLI the hyper-parameters are the objects themselves; keep them plain so checkpoints
+        # load with torch.load(weights_only=True), as Lightning does when resuming.
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, Task):
+                self.hparams[key] = value.config()
+            elif is_dataclass(value):
+                self.hparams[key] = asdict(value)
+        self.task = task
+        self.upstream_config = upstream
+        self.interface_config = interface
+        self.lr, self.upstream_lr = lr, upstream_lr
+        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
+        self.upstream = build_upstream(upstream.name, trainable=upstream.trainable, train_cnn=upstream.train_cnn)
+        self.interface = build_interface(
+            interface.name, self.upstream.num_layers, self.upstream.hidden_size, **interface.options
+        )
+        self.head = task.build_head(self.interface.output_size)
+        self.evaluator: Evaluator | None = None
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.upstream_config.name}_{self.interface_config.name}"
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> Any:
+        """`wavs [B, S]`, `wav_lengths [B]` -> the head's outputs (logits for classification tasks)."""
+        out = self.upstream(wavs, wav_lengths)
+        features = self.interface(out.hidden_states, out.lengths)
+        return self.head(features, out.lengths)
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        outputs = self(batch["wavs"], batch["wav_lengths"])
+        loss = self.task.loss(outputs, batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:
+        outputs = self(batch["wavs"], batch["wav_lengths"])
+        loss = self.task.loss(outputs, batch["targets"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["ids"]), sync_dist=True)
+        self.evaluator.update(outputs, batch)
+
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").cpu()
+
+    def _finish_evaluation(self, stage: str) -> dict[str, float]:
+        metrics = self.evaluator.compute(self._reduce)
+        # Already summed over processes by the evaluator, so no further sync.
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=True)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator = self.task.evaluator()
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        self._evaluate_step(batch, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator = self.task.evaluator()
+
+    def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        self._evaluate_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._finish_evaluation("test")
+        if not self.trainer.is_global_zero:
+            return
+        run_dir = Path(self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        results = {
+            **metrics,
+            "task": self.task.name,
+            "upstream": self.upstream_config.name,
+            "interface": self.interface_config.name,
+            "trainable": self.upstream_config.trainable,
+            "dataset": str(getattr(datamodule, "test", "") or ""),
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "num_utterances": self.evaluator.num_utterances,
+        }
+        path = run_dir / "results.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        written = self.evaluator.write(run_dir, title=f"{self.task.name}: {self.run_name}")
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"{self.task.name} test ({results['num_utterances']} utterances): {summary}")
+        print("wrote " + ", ".join(str(p) for p in [path, *written]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        upstream_params = [p for p in self.upstream.parameters() if p.requires_grad]
+        rest = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("upstream.")]
+        groups = [{"params": rest, "lr": self.lr}]
+        if upstream_params:
+            groups.append({"params": upstream_params, "lr": self.upstream_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        warmup = max(self.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,206 @@
+import json
+import math
+import random
+import warnings
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from recipes.audio import AudioError
+from recipes.data import (
+    AudioDataset,
+    BucketBatchSampler,
+    ManifestError,
+    PadCollate,
+    bucket_batches,
+    fixed_size_batches,
+    padding_fraction,
+    read_manifest,
+    split_to_multiple,
+)
+
+
+def write_wav(path, seconds, sample_rate=16000, channels=1):
+    samples = int(seconds * sample_rate)
+    data = 0.1 * np.random.default_rng(0).standard_normal((samples, channels)).astype("float32")
+    soundfile.write(str(path), data if channels > 1 else data[:, 0], sample_rate)
+    return path
+
+
+def write_manifest(path, entries):
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "wav").mkdir()
+    entries = []
+    for i, seconds in enumerate([0.5, 1.0, 0.75]):
+        write_wav(tmp_path / "wav" / f"u{i}.wav", seconds)
+        entries.append({"id": f"u{i}", "audio": f"wav/u{i}.wav", "duration": seconds, "emotion": "neu"})
+    return tmp_path, entries
+
+
+def test_manifest_resolves_audio_relative_to_its_folder(corpus):
+    root, entries = corpus
+    manifest = read_manifest(write_manifest(root / "m.jsonl", entries), fields={"emotion": str})
+    assert manifest.ids == ["u0", "u1", "u2"]
+    assert manifest.entries[1]["audio"] == str(root / "wav" / "u1.wav")
+    assert manifest.durations == [0.5, 1.0, 0.75]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ("[1, 2]", "line 2: expected a JSON object"),
+        ('{"audio": "wav/u1.wav", "duration": 1.0, "emotion": "neu"}', "line 2: missing field 'id'"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": "1.0", "emotion": "neu"}', "field 'duration' must be a num"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": true, "emotion": "neu"}', "field 'duration' must be a num"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": -1, "emotion": "neu"}', "'duration' must be a positive"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": 1.0}', "line 2: missing field 'emotion'"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": 1.0, "emotion": 3}', "field 'emotion' must be a string"),
+        ('{"id": "u0", "audio": "wav/u1.wav", "duration": 1.0, "emotion": "neu"}', "id 'u0' already used on line 1"),
+        ('{"id": "x", "audio": "wav/u1.wav", "duration": 1, "emotion": "neu", "start": 2, "end": 1}', "'end' (1)"),
+        ('{"id": "x", "audio": "wav/nope.wav", "duration": 1.0, "emotion": "neu"}', "nope.wav does not exist"),
+    ],
+)
+def test_malformed_manifest_line_names_file_line_and_field(corpus, line, message):
+    root, entries = corpus
+    path = root / "bad.jsonl"
+    path.write_text(json.dumps(entries[0]) + "\n" + line + "\n")
+    with pytest.raises(ManifestError) as error:
+        read_manifest(path, fields={"emotion": str})
+    assert str(path) in str(error.value)
+    assert message in str(error.value)
+
+
+def test_empty_or_missing_manifest_is_refused(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_manifest(tmp_path / "none.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ManifestError, match="has no utterances"):
+        read_manifest(tmp_path / "empty.jsonl")
+
+
+def test_dataset_reads_segments_and_resamples(tmp_path):
+    write_wav(tmp_path / "long.wav", 2.0, sample_rate=8000)
+    entry = {"id": "seg", "audio": "long.wav", "duration": 0.5, "start": 0.5, "end": 1.0}
+    dataset = AudioDataset(read_manifest(write_manifest(tmp_path / "m.jsonl", [entry])), sample_rate=16000)
+    item = dataset[0]
+    assert item["wav"].dtype == torch.float32
+    assert item["wav"].numel() == 8000  # 0.5 s at 16 kHz, resampled from 8 kHz
+
+
+def test_multichannel_audio_is_an_error_naming_file_and_line(tmp_path):
+    write_wav(tmp_path / "stereo.wav", 0.5, channels=2)
+    entry = {"id": "s", "audio": "stereo.wav", "duration": 0.5}
+    manifest = read_manifest(write_manifest(tmp_path / "m.jsonl", [entry]))
+    with pytest.raises(AudioError, match=r"2 channels.*m.jsonl line 1, id s"):
+        AudioDataset(manifest, 16000)[0]
+
+
+def test_unreadable_and_empty_audio_are_errors(tmp_path):
+    (tmp_path / "junk.wav").write_bytes(b"not a wav file at all")
+    soundfile.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype="float32"), 16000)
+    entries = [{"id": "j", "audio": "junk.wav", "duration": 1.0}, {"id": "e", "audio": "empty.wav", "duration": 1.0}]
+    dataset = AudioDataset(read_manifest(write_manifest(tmp_path / "m.jsonl", entries)), 16000)
+    with pytest.raises(AudioError, match=r"could not read audio file .*junk.wav.*line 1"):
+        dataset[0]
+    with pytest.raises(AudioError, match=r"empty.wav is empty.*line 2"):
+        dataset[1]
+
+
+def test_short_clips_are_padded_to_the_receptive_field_with_one_counting_warning(tmp_path):
+    entries = []
+    for i, seconds in enumerate([0.01, 0.02, 1.0]):
+        write_wav(tmp_path / f"{i}.wav", seconds)
+        entries.append({"id": str(i), "audio": f"{i}.wav", "duration": seconds})
+    manifest = read_manifest(write_manifest(tmp_path / "m.jsonl", entries))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = AudioDataset(manifest, 16000, min_samples=400)
+    assert len(caught) == 1 and "2 of 3 clips" in str(caught[0].message)
+    assert dataset[0]["wav"].numel() == 400
+    assert dataset[0]["wav"][160:].abs().sum() == 0  # the padding is silence
+    assert dataset[2]["wav"].numel() == 16000
+
+
+def test_collate_pads_with_zeros_and_keeps_lengths():
+    items = [
+        {"index": 0, "id": "a", "wav": torch.ones(5), "target": 1},
+        {"index": 3, "id": "b", "wav": torch.ones(3), "target": 0},
+    ]
+    batch = PadCollate()(items)
+    assert batch["wavs"].shape == (2, 5)
+    assert batch["wav_lengths"].tolist() == [5, 3]
+    assert batch["wavs"][1, 3:].abs().sum() == 0
+    assert batch["targets"].tolist() == [1, 0]
+    assert batch["indices"].tolist() == [0, 3] and batch["ids"] == ["a", "b"]
+
+
+def random_durations(count=500, seed=0):
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.5, 12.0), 3) for _ in range(count)]
+
+
+def test_buckets_never_exceed_max_batch_seconds_of_padded_audio():
+    durations = random_durations()
+    for batch in bucket_batches(durations, 60.0):
+        assert len(batch) * max(durations[i] for i in batch) <= 60.0
+
+
+def test_an_utterance_longer_than_the_limit_gets_a_batch_of_its_own():
+    durations = [1.0, 2.0, 50.0, 1.5]
+    with pytest.warns(UserWarning, match="1 utterances are longer"):
+        sampler = BucketBatchSampler(durations, 10.0)
+    assert [2] in sampler.batches
+
+
+def test_sampler_covers_every_utterance_once_per_epoch_and_reshuffles():
+    durations = random_durations()
+    sampler = BucketBatchSampler(durations, 60.0, shuffle=True, seed=1)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(len(durations)))
+        orders.append([tuple(b) for b in batches])
+    assert orders[0] != orders[1] != orders[2]
+    sampler.set_epoch(1)
+    assert [tuple(b) for b in sampler] == orders[1]  # the same epoch gives the same order (resumable)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_an_epoch_without_repeats_and_with_equal_batch_counts(world_size):
+    durations = random_durations(301)
+    seen = []
+    counts = set()
+    for rank in range(world_size):
+        sampler = BucketBatchSampler(durations, 45.0, seed=7, num_replicas=world_size, rank=rank)
+        sampler.set_epoch(2)
+        batches = list(sampler)
+        counts.add(len(batches))
+        seen += [i for b in batches for i in b]
+        assert all(len(b) * max(durations[i] for i in b) <= 45.0 for b in batches)
+    assert len(counts) == 1
+    assert sorted(seen) == list(range(len(durations)))
+
+
+def test_splitting_for_ranks_refuses_when_it_would_need_repeats():
+    with pytest.raises(ValueError, match="cannot be shared among 4 processes"):
+        split_to_multiple([[0], [1], [2]], 4)
+    assert len(split_to_multiple([[0, 1, 2, 3], [4]], 3)) == 3
+
+
+def test_bucketing_pads_far_less_than_fixed_count_batches():
+    durations = random_durations(1000)
+    bucketed = padding_fraction(bucket_batches(durations, 60.0), durations)
+    fixed = padding_fraction(fixed_size_batches(durations, 8), durations)
+    assert bucketed < 0.05 < fixed
+    assert math.isclose(padding_fraction([[0, 1]], [1.0, 1.0]), 0.0)
+    assert math.isclose(padding_fraction([[0, 1]], [1.0, 3.0]), 1 - 4 / 6)
