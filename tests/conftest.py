@@ -1,5 +1,8 @@
 """Tiny models saved by the tests themselves: the same loading path as a downloaded checkpoint, offline."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
@@ -38,3 +41,15 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     wavs = torch.randn(2, 12345, generator=generator) * 0.1
     wavs[1, 8001:] = 0
     return wavs, lengths
+
+
+@pytest.fixture(scope="session")
+def mini_corpus(tmp_path_factory) -> Path:
+    """The egs/mini corpus (espeak-ng speech), generated once per test session: the folder with its manifests."""
+    script = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_corpus.py"
+    spec = importlib.util.spec_from_file_location("make_corpus", script)
+    make_corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_corpus)
+    out = tmp_path_factory.mktemp("mini") / "data"
+    make_corpus.main(["--out", str(out), "--seed", "0"])
+    return out

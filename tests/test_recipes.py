@@ -1,0 +1,131 @@
+"""`strata fit / test / report` on the mini corpus: run directory, results.json, resume, DDP, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.cli import main
+from recipes.module import InterfaceConfig, SSLTaskModule, UpstreamConfig
+from recipes.tasks import EmotionTask, build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "egs" / "mini" / "conf" / "emotion.yaml")
+
+
+def fit_args(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", CONFIG, "--trainer.default_root_dir", str(run_dir),
+        "--data.train", str(corpus / "emotion" / "train.jsonl"),
+        "--data.valid", str(corpus / "emotion" / "valid.jsonl"),
+        "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def test_task_registry_builds_emotion_and_names_choices():
+    assert isinstance(build_task("emotion", classes=["a", "b"]), EmotionTask)
+    with pytest.raises(ValueError, match="choose from .*emotion"):
+        build_task("nope")
+
+
+def test_optimizer_gives_a_trainable_upstream_its_own_learning_rate():
+    module = SSLTaskModule(
+        EmotionTask(), UpstreamConfig("tiny_hubert", trainable="top:1"), InterfaceConfig("weighted_sum"),
+        lr=1e-3, upstream_lr=1e-5,
+    )  # fmt: skip
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-5]
+    upstream_ids = {id(p) for p in groups[1]["params"]}
+    assert upstream_ids == {id(p) for p in module.upstream.parameters() if p.requires_grad}
+    assert all(id(p) not in upstream_ids for p in groups[0]["params"])
+    frozen = SSLTaskModule(EmotionTask(), UpstreamConfig("tiny_hubert"))
+    assert len(frozen.configure_optimizers()["optimizer"].param_groups) == 1
+
+
+def test_hyperparameters_stay_plain_so_checkpoints_load_weights_only():
+    module = SSLTaskModule(EmotionTask(classes=["x", "y"]), UpstreamConfig("fbank"), InterfaceConfig("last"))
+    assert module.hparams["task"] == {
+        "class_path": "recipes.tasks.EmotionTask",
+        "init_args": {"classes": ["x", "y"], "projection_size": 256, "pooling": "mean", "hidden_sizes": [],
+                      "dropout": 0.0},
+    }  # fmt: skip
+    assert module.hparams["upstream"] == {"name": "fbank", "trainable": "frozen", "train_cnn": False}
+
+
+def test_fit_then_test_writes_checkpoints_logs_config_and_results(mini_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "2")) == 0
+    for name in ["checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml"]:
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("logs/version_0/metrics.csv"))
+    assert list(run_dir.glob("tensorboard/version_0/events.out.tfevents.*"))
+    test = ["test", "--config", CONFIG, "--trainer.default_root_dir", str(run_dir),
+            "--data.test", str(mini_corpus / "emotion" / "test.jsonl"),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    assert main(test) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) >= {"UA", "WA", "task", "upstream", "interface", "seed", "num_utterances"}
+    assert results["task"] == "emotion" and results["upstream"] == "fbank" and results["seed"] == 0
+    expected = sum(1 for _ in open(mini_corpus / "emotion" / "test.jsonl"))
+    assert results["num_utterances"] == expected
+    assert 0.0 <= results["UA"] <= 1.0 and 0.0 <= results["WA"] <= 1.0
+    assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "## emotion" in table and f"{100 * results['UA']:.2f}" in table and "fbank" in table
+
+
+def test_fit_resumes_from_last_and_continues_the_epoch_count(mini_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "1")) == 0
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0
+    assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2
+    # The resumed run logged epochs 1 and 2 only: it continued rather than starting over.
+    with open(run_dir / "logs" / "version_1" / "metrics.csv") as handle:
+        epochs = {int(row["epoch"]) for row in csv.DictReader(handle) if row.get("epoch")}
+    assert epochs == {1, 2}
+
+
+def test_test_without_a_checkpoint_is_a_one_line_error(mini_corpus, tmp_path, capsys):
+    args = ["test", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "none"),
+            "--data.test", str(mini_corpus / "emotion" / "test.jsonl")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("strata test: error: no best checkpoint at") and "\n" not in err
+
+
+def test_unknown_emotion_label_fails_at_load_naming_the_line(mini_corpus, tmp_path, capsys):
+    entries = [json.loads(line) for line in (mini_corpus / "emotion" / "train.jsonl").read_text().splitlines()[:3]]
+    for entry in entries:
+        entry["audio"] = str(mini_corpus / "emotion" / entry["audio"])
+    entries[2]["emotion"] = "fru"
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    args = fit_args(mini_corpus, tmp_path / "run")
+    args[args.index("--data.train") + 1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"emotion label 'fru' in {bad} line 3 is not one of neu, hap, ang, sad" in err
+
+
+def test_ddp_on_two_cpu_processes_sees_each_training_sample_once(mini_corpus, tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "SEEN_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "recipes.cli", *fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "1")]
+    command += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                "--trainer.callbacks+=recording.RecordTrainingIds", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen_rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    train_ids = [json.loads(line)["id"] for line in open(mini_corpus / "emotion" / "train.jsonl")]
+    assert sorted(seen[0] + seen[1]) == sorted(train_ids)
