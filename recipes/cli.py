@@ -127,20 +127,20 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     from upstream import UpstreamLoadError
 
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        name = argv[0]
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in LIGHTNING_COMMANDS:
+        name = given[0]
         try:
             from .lightning_cli import run
 
-            run(argv)
+            run(None if argv is None else given)
         except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
             print(f"strata {name}: error: {_one_line(error)}", file=sys.stderr)
             return 2
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(given)
     try:
         COMMANDS[args.command][2](args)
     except (ValueError, UpstreamLoadError, FileNotFoundError) as error:

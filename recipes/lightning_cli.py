@@ -8,7 +8,9 @@ and `--ckpt_path best|last` meaning that run's checkpoints.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
 
 SUBCOMMANDS = ("fit", "validate", "test")
+
+# Lightning's notices that do not apply here: a frozen upstream is in eval mode on purpose, and the
+# LeafSpec deprecation and the cloud-logger tip are Lightning's own business.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
 
 
 def _task_class(class_path: str) -> type:
@@ -128,5 +136,6 @@ class StrataCLI(LightningCLI):
         self._save_config("config_test.yaml")
 
 
-def run(args: list[str]) -> None:
+def run(args: list[str] | None) -> None:
+    """Run a LightningCLI subcommand; `args=None` reads sys.argv like any LightningCLI program."""
     StrataCLI(args=args)
