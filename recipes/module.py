@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
@@ -39,7 +40,9 @@ class SSLTaskModule(L.LightningModule):
     """One module for every task: the `Task` supplies labels, head, loss and metrics.
 
     `lr` trains the interface and head; `upstream_lr` the upstream's trainable part (SSL models need a much
-    smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero.
+    smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero. `feature_norm` standardises
+    the interface output with running training-set statistics before the head (global MVN, as Kaldi and ESPnet
+    do for filterbanks; off in the SUPERB configs).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class SSLTaskModule(L.LightningModule):
         upstream_lr: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         upstream = upstream or UpstreamConfig()
@@ -72,6 +76,7 @@ class SSLTaskModule(L.LightningModule):
         self.interface = build_interface(
             interface.name, self.upstream.num_layers, self.upstream.hidden_size, **interface.options
         )
+        self.feature_norm = FeatureNorm(self.interface.output_size) if feature_norm else None
         self.head = task.build_head(self.interface.output_size)
         self.evaluator: Evaluator | None = None
 
@@ -83,6 +88,8 @@ class SSLTaskModule(L.LightningModule):
         """`wavs [B, S]`, `wav_lengths [B]` -> the head's outputs (logits for classification tasks)."""
         out = self.upstream(wavs, wav_lengths)
         features = self.interface(out.hidden_states, out.lengths)
+        if self.feature_norm is not None:
+            features = self.feature_norm(features, out.lengths)
         return self.head(features, out.lengths)
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:

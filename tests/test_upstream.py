@@ -204,6 +204,18 @@ def test_fbank_is_kaldi_fbank_on_16_bit_values(batch):
         assert torch.allclose(out.hidden_states[0][i, : reference.size(0)], reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["fbank", "mfcc", "logmel"])
+def test_surface_cmvn_normalises_each_utterance_over_its_own_frames(batch, name):
+    wavs, lengths = batch
+    raw = build_upstream(name)(wavs, lengths)
+    out = build_upstream(name, cmvn=True)(wavs, lengths)
+    for i, n in enumerate(out.lengths.tolist()):
+        x = raw.hidden_states[0][i, :n]
+        expected = (x - x.mean(0)) / (x.var(0, unbiased=False) + 1e-5).sqrt()
+        assert torch.allclose(out.hidden_states[0][i, :n], expected, atol=1e-4)
+        assert out.hidden_states[0][i, n:].abs().sum() == 0  # padded frames stay zero
+
+
 def test_tiny_presets_are_the_same_model_every_time():
     a, b = build_upstream("tiny_wavlm"), build_upstream("tiny_wavlm")
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

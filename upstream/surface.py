@@ -6,7 +6,7 @@ import torch
 import torchaudio
 from torchaudio.compliance import kaldi
 
-from .base import Upstream, conv_output_lengths
+from .base import Upstream, conv_output_lengths, lengths_to_mask
 
 WINDOW = 400  # 25 ms at 16 kHz
 HOP = 160  # 10 ms at 16 kHz
@@ -15,17 +15,24 @@ INT16_SCALE = 32768.0  # Kaldi computes on 16-bit sample values; the log then ma
 
 class SurfaceUpstream(Upstream):
     """Frame-level features over 25 ms windows every 10 ms, Kaldi's snip-edges framing (no centre padding), so
-    `lengths` = 1 + (samples - 400) // 160 and padding never changes a valid frame."""
+    `lengths` = 1 + (samples - 400) // 160 and padding never changes a valid frame.
+
+    `cmvn=True` normalises each utterance to zero mean and unit variance per dimension over its own frames (as
+    S3PRL's baseline features can). Off by default: it removes exactly the utterance-level statistics a pooled
+    head classifies on (a mean-pooled CMVN utterance is all zeros); `SSLTaskModule(feature_norm=True)`
+    standardises with training-set statistics instead.
+    """
 
     num_layers = 1
     downsample_rate = HOP
     min_samples = WINDOW
 
-    def __init__(self, sample_rate: int = 16000) -> None:
+    def __init__(self, sample_rate: int = 16000, cmvn: bool = False) -> None:
         super().__init__()
         if sample_rate != 16000:
             raise ValueError("surface features are set up for 16 kHz audio")
         self.sample_rate = sample_rate
+        self.cmvn = cmvn
         self.set_trainable("frozen")
 
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
@@ -35,21 +42,36 @@ class SurfaceUpstream(Upstream):
         """One unpadded waveform `[S]` -> `[T, D]`."""
         raise NotImplementedError
 
-    def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
-        # Kaldi's routines take one utterance at a time; each sees only its own samples.
+    def batch_features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """`[B, S]` -> `[B, T, D]`; Kaldi's routines take one utterance at a time, each sees only its own samples."""
         frames = self.frame_lengths(wav_lengths)
         out = wavs.new_zeros(wavs.size(0), int(frames.max()), self.hidden_size)
         for i, (wav, n) in enumerate(zip(wavs, wav_lengths.tolist(), strict=True)):
             feats = self.features(wav[:n])
             out[i, : feats.size(0)] = feats
-        return [out]
+        return out
+
+    def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.batch_features(wavs, wav_lengths)
+        if self.cmvn:
+            feats = utterance_cmvn(feats, self.frame_lengths(wav_lengths))
+        return [feats]
+
+
+def utterance_cmvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-utterance, per-dimension mean and variance normalisation over valid frames; padded frames stay 0."""
+    mask = lengths_to_mask(lengths, feats.size(1)).unsqueeze(-1)
+    count = lengths.clamp_min(1).view(-1, 1, 1).to(feats.dtype)
+    mean = (feats * mask).sum(1, keepdim=True) / count
+    var = ((feats - mean).pow(2) * mask).sum(1, keepdim=True) / count
+    return torch.where(mask, (feats - mean) / (var + eps).sqrt(), torch.zeros_like(feats))
 
 
 class Fbank(SurfaceUpstream):
     """80 log mel filterbanks, Kaldi's definition (povey window, pre-emphasis 0.97, DC removal), no dither."""
 
-    def __init__(self, num_mel_bins: int = 80, sample_rate: int = 16000) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, num_mel_bins: int = 80, sample_rate: int = 16000, cmvn: bool = False) -> None:
+        super().__init__(sample_rate, cmvn)
         self.hidden_size = num_mel_bins
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -64,8 +86,8 @@ class Fbank(SurfaceUpstream):
 class Mfcc(SurfaceUpstream):
     """13 Kaldi MFCCs with deltas and delta-deltas (39 dimensions), the classic ASR front-end."""
 
-    def __init__(self, num_ceps: int = 13, sample_rate: int = 16000) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, num_ceps: int = 13, sample_rate: int = 16000, cmvn: bool = False) -> None:
+        super().__init__(sample_rate, cmvn)
         self.num_ceps = num_ceps
         self.hidden_size = 3 * num_ceps
 
@@ -80,8 +102,8 @@ class Mfcc(SurfaceUpstream):
 class LogMel(SurfaceUpstream):
     """80 log mel power bins on a Hann window (the librosa/Whisper-style front-end, not Kaldi's)."""
 
-    def __init__(self, n_mels: int = 80, sample_rate: int = 16000) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, n_mels: int = 80, sample_rate: int = 16000, cmvn: bool = False) -> None:
+        super().__init__(sample_rate, cmvn)
         self.hidden_size = n_mels
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
@@ -92,6 +114,6 @@ class LogMel(SurfaceUpstream):
             center=False,
         )
 
-    def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
+    def batch_features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         # Frames never straddle utterances (no centring), so the batch goes through in one call.
-        return [torch.log(self.mel(wavs).transpose(1, 2) + 1e-6)]
+        return torch.log(self.mel(wavs).transpose(1, 2) + 1e-6)
