@@ -28,6 +28,9 @@ SUBCOMMANDS = ("fit", "validate", "test")
 # LeafSpec deprecation and the cloud-logger tip are Lightning's own business.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"\s*skip_none parameter was deprecated")
+# `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
 
 
@@ -123,7 +126,7 @@ class StrataCLI(LightningCLI):
     def _save_config(self, filename: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / filename
-        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False))
+        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand]))
         print(f"run directory {self.run_dir}; config in {path}")
 
     def before_fit(self) -> None:
