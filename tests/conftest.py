@@ -51,5 +51,5 @@ def mini_corpus(tmp_path_factory) -> Path:
     make_corpus = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_corpus)
     out = tmp_path_factory.mktemp("mini") / "data"
-    make_corpus.main(["--out", str(out), "--seed", "0"])
+    make_corpus.main(["--out", str(out), "--seed", "0", "--num-speakers", "48", "--utterances-per-speaker", "8"])
     return out

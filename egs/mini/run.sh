@@ -12,6 +12,8 @@ upstream="fbank tiny_hubert"   # one or more upstreams (space-separated), see `s
 interface=weighted_sum
 trainable=frozen
 seed=0
+num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion
+utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
 exp_dir=exp
 usage="usage: bash run.sh [--stage N] [--stop_stage N] [--upstream 'A B'] [--interface NAME] [-- strata overrides]"
@@ -25,7 +27,8 @@ require() {  # require FILE STAGE: a later stage needs an earlier one's output
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "Stage 0: generating the mini corpus with espeak-ng into ${data_dir}"
-    python local/make_corpus.py --out "${data_dir}" --seed "${seed}"
+    python local/make_corpus.py --out "${data_dir}" --seed "${seed}" \
+        --num-speakers "${num_speakers}" --utterances-per-speaker "${utterances_per_speaker}"
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
