@@ -31,25 +31,42 @@ SNR_DB = 30.0
 PEAK = 0.95
 EMOTIONS = ("neu", "hap", "ang", "sad")
 
-# Emotion as prosody relative to each speaker's own voice, in espeak-ng's SSML <prosody> (pitch and rate scale the
-# speaker's -p and -s; range scales the pitch excursions, 0-200%). Each emotion sits apart from the others on
-# more than one of pitch, range and rate, by more than speakers differ from each other (base pitch 35-65, rate
-# 155-195 wpm), so it is learnable on unseen speakers even with loudness normalised away.
-PROSODY: dict[str, dict[str, str]] = {
-    "neu": {"pitch": "+0%", "range": "100%", "rate": "100%", "volume": "100%"},
-    "hap": {"pitch": "+50%", "range": "200%", "rate": "115%", "volume": "120%"},
-    "ang": {"pitch": "+15%", "range": "60%", "rate": "145%", "volume": "160%"},
-    "sad": {"pitch": "-35%", "range": "25%", "rate": "70%", "volume": "60%"},
+
+@dataclass(frozen=True)
+class Prosody:
+    """One emotion's delivery relative to each speaker's own voice: espeak-ng's -p, then SSML for the rest."""
+
+    pitch: int  # steps added to the speaker's -p (0-99; a step is about 1% of F0, so the same ratio for everyone)
+    range: str  # <prosody range>: the pitch excursions, 0-200%
+    rate: str  # <prosody rate>: scales the speaker's -s
+    volume: str  # <prosody volume>; espeak-ng limits loud speech, so emphasis adds more than volume
+    emphasis: str | None = None  # <emphasis level>: every word stressed, longer and louder
+    end: str = ""  # final punctuation, which picks espeak-ng's intonation tune ("!" exclamatory)
+    tilt: float = 0.0  # vocal effort as spectral tilt, y[n] = x[n] - tilt x[n-1]: > 0 brighter (tense), < 0 duller
+
+
+# Each emotion differs from its neighbours in at least two of pitch, range and rate, by more than speakers differ
+# (base pitch 44-56, rate 160-190 wpm), so it is learnable on unseen speakers without loudness: on fbank mean+std,
+# logistic regression reaches UA ~0.93 on the test speakers, ~0.85 on waveforms normalised to unit variance.
+PROSODY: dict[str, Prosody] = {
+    "neu": Prosody(pitch=0, range="100%", rate="100%", volume="100%"),
+    "hap": Prosody(pitch=40, range="200%", rate="110%", volume="130%", end="!", tilt=0.5),
+    "ang": Prosody(pitch=20, range="50%", rate="170%", volume="120%", emphasis="strong", end="!", tilt=0.9),
+    "sad": Prosody(pitch=-30, range="0%", rate="65%", volume="55%", tilt=-0.9),
 }
 
-# espeak-ng voice variants (`espeak-ng --voices=variant`) whose gender is real: m* male, f* / steph female.
-VARIANTS: dict[str, str] = {
-    "m1": "male", "m2": "male", "m3": "male", "m4": "male", "m6": "male", "m7": "male",
-    "f1": "female", "f2": "female", "f3": "female", "f4": "female", "f5": "female", "steph": "female",
+# espeak-ng voice variants (`espeak-ng --voices=variant`) whose gender is real, each with the -p offset that brings
+# its neutral pitch near its gender's (about 100 Hz male, 200 Hz female): the variants alone spread 94-228 Hz,
+# wider than an emotion's step, and an emotion must outweigh the speaker. Left out: the whisper voices (no pitch to
+# carry emotion) and steph (its fixed EQ and narrow range read as an emotion).
+VARIANTS: dict[str, tuple[str, int]] = {
+    "m1": ("male", 7), "m2": ("male", 0), "m3": ("male", -5), "m4": ("male", 6), "m6": ("male", 0), "m7": ("male", -6),
+    "f1": ("female", 11), "f2": ("female", 2), "f3": ("female", -6), "f4": ("female", 10), "f5": ("female", -3),
+    "linda": ("female", -14),
 }  # fmt: skip
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-029")
-BASE_PITCHES = (35, 50, 65)  # espeak-ng -p, 0-99 (default 50)
-BASE_RATES = (155, 175, 195)  # espeak-ng -s, words per minute (default 175)
+BASE_PITCHES = (44, 50, 56)  # espeak-ng -p, 0-99 (default 50): small, so emotion outweighs it
+BASE_RATES = (160, 175, 190)  # espeak-ng -s, words per minute (default 175)
 
 # A small vocabulary repeated often, so a character CTC model can learn it from a few hundred utterances.
 NAMES = ("anna", "ben", "clara", "david", "emma", "frank", "grace", "henry")
@@ -59,9 +76,10 @@ COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "orange"
 OBJECTS = ("boxes", "chairs", "apples", "books", "cups", "shoes", "stones", "letters")
 PLACES = ("in the garden", "near the door", "on the table", "by the river")
 TEMPLATES = (
+    "{name} {verb} the {colour} {object}",
     "{name} {verb} {number} {colour} {object}",
-    "{name} {verb} {number} {colour} {object} {place}",
-    "{name} and {other} {verb} the {colour} {object}",
+    "{name} and {other} {verb} {number} {object}",
+    "{name} {verb} {number} {object} {place}",
     "the {colour} {object} are {place}",
 )
 
@@ -95,14 +113,15 @@ def make_speakers(count: int) -> list[Speaker]:
     for index in range(count):
         round_, position = divmod(index, len(VARIANTS))
         variant = list(VARIANTS)[position]
-        pitch = BASE_PITCHES[(position + round_) % len(BASE_PITCHES)]
+        gender, offset = VARIANTS[variant]
+        pitch = BASE_PITCHES[(position + round_) % len(BASE_PITCHES)] + offset
         rate = BASE_RATES[(position // len(BASE_PITCHES) + 2 * round_) % len(BASE_RATES)]
-        speakers.append(Speaker(f"spk{index:02d}", ACCENTS[round_], variant, VARIANTS[variant], pitch, rate))
+        speakers.append(Speaker(f"spk{index:02d}", ACCENTS[round_], variant, gender, pitch, rate))
     return speakers
 
 
 def make_sentence(rng: np.random.Generator) -> str:
-    """A 5-8 word sentence from the templates, lower case (espeak-ng may spell out upper-case words)."""
+    """A 5-7 word sentence from the templates, lower case (espeak-ng may spell out upper-case words)."""
     name, other = rng.choice(NAMES, size=2, replace=False)
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     return template.format(
@@ -111,20 +130,35 @@ def make_sentence(rng: np.random.Generator) -> str:
     )  # fmt: skip
 
 
+def to_ssml(text: str, emotion: str) -> str:
+    p = PROSODY[emotion]
+    body = escape(text) + p.end
+    if p.emphasis:
+        body = f'<emphasis level="{p.emphasis}">{body}</emphasis>'
+    attributes = f'range="{p.range}" rate="{p.rate}" volume="{p.volume}"'
+    return f"<speak><prosody {attributes}>{body}</prosody></speak>"
+
+
 def synthesize(text: str, speaker: Speaker, emotion: str) -> torch.Tensor:
     """espeak-ng speech of `text` by `speaker` in `emotion` -> float32 `[S]` at 16 kHz."""
-    prosody = dict(PROSODY[emotion])
-    word_gap = prosody.pop("word_gap", 0)
-    attributes = " ".join(f'{key}="{value}"' for key, value in prosody.items())
-    ssml = f"<speak><prosody {attributes}>{escape(text)}</prosody></speak>"
-    command = ["espeak-ng", "-m", "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.rate)]
-    command += ["-g", str(word_gap), "--stdout"]
-    done = subprocess.run([*command, ssml], capture_output=True, check=False)
+    pitch = min(max(speaker.pitch + PROSODY[emotion].pitch, 0), 99)
+    command = ["espeak-ng", "-m", "-v", speaker.voice, "-p", str(pitch), "-s", str(speaker.rate), "--stdout"]
+    done = subprocess.run([*command, to_ssml(text, emotion)], capture_output=True, check=False)
     if done.returncode != 0 or not done.stdout:
         raise RuntimeError(f"espeak-ng failed on {speaker.voice} {text!r}: {done.stderr.decode().strip()}")
-    # espeak-ng writes 22.05 kHz (its usual rate; read from the header) 16-bit mono.
+    # 16-bit mono at espeak-ng's own rate (22.05 kHz), read from the header.
     samples, rate = soundfile.read(io.BytesIO(done.stdout), dtype="float32")
-    return torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE)
+    wav = apply_tilt(torch.from_numpy(samples), PROSODY[emotion].tilt)
+    return torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
+
+
+def apply_tilt(wav: torch.Tensor, tilt: float) -> torch.Tensor:
+    """First-order spectral tilt of `wav [S]`, at the same RMS: it changes the voice's colour, not its loudness."""
+    if tilt == 0:
+        return wav
+    tilted = wav.clone()
+    tilted[1:] -= tilt * wav[:-1]
+    return tilted * (wav.pow(2).mean() / tilted.pow(2).mean().clamp_min(1e-12)).sqrt()
 
 
 def add_noise(wav: torch.Tensor, rng: np.random.Generator, snr_db: float = SNR_DB) -> torch.Tensor:
@@ -148,18 +182,34 @@ def plan_utterances(
     return plan
 
 
-def split_speakers(speakers: Sequence[Speaker], rng: np.random.Generator) -> dict[str, list[str]]:
-    """Speaker-disjoint train / valid / test (1/6 of the speakers each for valid and test, at least one), with
-    male and female voices alternating so every split mixes variants of both."""
-    groups = [[s.name for s in speakers if s.gender == g] for g in ("male", "female")]
+def alternate_genders(pool: Sequence[Speaker], rng: np.random.Generator) -> list[Speaker]:
+    """`pool` shuffled, male and female voices taking turns, so any prefix mixes both."""
+    groups = [[s for s in pool if s.gender == gender] for gender in ("male", "female")]
     groups = [[group[i] for i in rng.permutation(len(group))] for group in groups]
-    order = [name for pair in zip(*groups, strict=False) for name in pair]
-    order += [name for group in groups for name in group[len(order) // 2 :]]
+    order = [speaker for pair in zip(*groups, strict=False) for speaker in pair]
+    return order + [speaker for group in groups for speaker in group[len(order) // 2 :]]
+
+
+def split_speakers(speakers: Sequence[Speaker], rng: np.random.Generator) -> dict[str, list[str]]:
+    """Speaker-disjoint train / valid / test, 1/6 of the speakers each for valid and test (at least one).
+
+    Held-out speakers are drawn first from variants that have another speaker (another accent) left for training,
+    so training hears every variant's timbre and the test speakers are new voices, not a timbre never heard.
+    """
+    by_variant: dict[str, list[Speaker]] = {}
+    for speaker in speakers:
+        by_variant.setdefault(speaker.variant, []).append(speaker)
+    preferred, others = [], []
+    for variant_speakers in by_variant.values():
+        shuffled = [variant_speakers[i] for i in rng.permutation(len(variant_speakers))]
+        (preferred if len(shuffled) > 1 else others).append(shuffled[0])
+        others += shuffled[1:]
+    order = alternate_genders(preferred, rng) + alternate_genders(others, rng)
     held_out = max(1, len(speakers) // 6)
     return {
-        "train": sorted(order[2 * held_out :]),
-        "valid": sorted(order[held_out : 2 * held_out]),
-        "test": sorted(order[:held_out]),
+        "train": sorted(s.name for s in order[2 * held_out :]),
+        "valid": sorted(s.name for s in order[held_out : 2 * held_out]),
+        "test": sorted(s.name for s in order[:held_out]),
     }
 
 
@@ -179,6 +229,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--utterances-per-speaker", type=int, default=16, help="a multiple of 4, the emotions")
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at a time")
     args = parser.parse_args(argv)
+    limit = len(ACCENTS) * len(VARIANTS)
+    if not 3 <= args.num_speakers <= limit:
+        parser.error(f"--num-speakers must be between 3 and {limit} (the voices this script knows)")
     if args.utterances_per_speaker <= 0 or args.utterances_per_speaker % len(EMOTIONS):
         parser.error(f"--utterances-per-speaker must be a positive multiple of {len(EMOTIONS)} (one per emotion)")
     return args
@@ -188,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if shutil.which("espeak-ng") is None:
         raise SystemExit(ESPEAK_MISSING)
-    try:
-        speakers = make_speakers(args.num_speakers)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    speakers = make_speakers(args.num_speakers)
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     plan = plan_utterances(speakers, args.utterances_per_speaker, rng)
