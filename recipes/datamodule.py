@@ -46,6 +46,7 @@ class ManifestDataModule(L.LightningDataModule):
         return {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}[stage]
 
     def setup(self, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a str-valued enum
         trainer = self.trainer
         if trainer is not None:
             module = trainer.lightning_module

@@ -103,6 +103,13 @@ def test_test_without_a_checkpoint_is_a_one_line_error(mini_corpus, tmp_path, ca
     assert err.startswith("strata test: error: no best checkpoint at") and "\n" not in err
 
 
+def test_fit_without_a_valid_manifest_says_which_option_is_missing(mini_corpus, tmp_path, capsys):
+    args = fit_args(mini_corpus, tmp_path / "run")
+    del args[args.index("--data.valid") : args.index("--data.valid") + 2]
+    assert main(args) == 2
+    assert "strata fit: error: `strata fit` needs a valid manifest: pass --data.valid PATH" in capsys.readouterr().err
+
+
 def test_unknown_emotion_label_fails_at_load_naming_the_line(mini_corpus, tmp_path, capsys):
     entries = [json.loads(line) for line in (mini_corpus / "emotion" / "train.jsonl").read_text().splitlines()[:3]]
     for entry in entries:
