@@ -28,7 +28,9 @@ SUBCOMMANDS = ("fit", "validate", "test")
 # LeafSpec deprecation and the cloud-logger tip are Lightning's own business.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-warnings.filterwarnings("ignore", message=r"\s*skip_none parameter was deprecated")
+# jsonargparse 4.49 deprecations inside Lightning's own CLI code
+for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``", "``instantiate_classes``"]:
+    warnings.filterwarnings("ignore", message=rf"\s*{re.escape(_deprecated)} was deprecated")
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
