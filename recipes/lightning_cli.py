@@ -22,8 +22,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
 
-SUBCOMMANDS = ("fit", "validate", "test")
-
 # Lightning's notices that do not apply here: a frozen upstream is in eval mode on purpose, and the
 # LeafSpec deprecation and the cloud-logger tip are Lightning's own business.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
