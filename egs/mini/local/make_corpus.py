@@ -46,8 +46,11 @@ class Prosody:
 
 
 # Each emotion differs from its neighbours in at least two of pitch, range and rate, by more than speakers differ
-# (base pitch 44-56, rate 160-190 wpm), so it is learnable on unseen speakers without loudness: on fbank mean+std,
-# logistic regression reaches UA ~0.93 on the test speakers, ~0.85 on waveforms normalised to unit variance.
+# (base pitch 44-56, rate 160-190 wpm), so it is learnable on unseen speakers without loudness. Pitch steps are on
+# the -p scale, not SSML percentages: a percentage of -p is a different F0 ratio for every speaker. The tilt
+# (vocal effort: anger > happiness > neutral > sadness) gives a cue that a model which normalises away loudness
+# and hardly resolves pitch (a random-initialised HuBERT) still sees. Seeds 0-5, 24 x 16 utterances, fbank
+# mean+std and logistic regression, UA on the test speakers: >= 0.98; on unit-variance waveforms, >= 0.94.
 PROSODY: dict[str, Prosody] = {
     "neu": Prosody(pitch=0, range="100%", rate="100%", volume="100%"),
     "hap": Prosody(pitch=40, range="200%", rate="110%", volume="130%", end="!", tilt=0.5),

@@ -1,0 +1,127 @@
+"""egs/mini/local/make_corpus.py: valid manifests, speaker-disjoint emotion splits, balanced labels, the same
+bytes from the same seed, and emotions that change the delivery the way the prosody table says."""
+
+import importlib.util
+import json
+import re
+import statistics
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import soundfile
+
+from recipes.data import read_manifest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_corpus.py"
+EMOTIONS = ("neu", "hap", "ang", "sad")
+SPLITS = ("train", "valid", "test")
+SMALL = ["--num-speakers", "24", "--utterances-per-speaker", "4"]
+
+
+def load_script() -> ModuleType:
+    # egs/ is not a package: load the script by path, as conftest's mini_corpus fixture does.
+    spec = importlib.util.spec_from_file_location("make_corpus", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generate(out: Path, seed: int = 0) -> Path:
+    load_script().main(["--out", str(out), "--seed", str(seed), *SMALL])
+    return out
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("mini_corpus") / "seed0")
+
+
+def test_manifests_validate_with_the_task_fields_and_relative_paths_that_exist(corpus):
+    fields = {"speaker": str, "emotion": str, "text": str, "gender": str}
+    manifests = [corpus / "all.jsonl", *(corpus / "emotion" / f"{split}.jsonl" for split in SPLITS)]
+    for path in manifests:
+        read_manifest(path, fields)  # raises on a missing field, a duplicate id or a missing audio file
+    for entry in lines(corpus / "all.jsonl"):
+        assert entry["audio"] == f"wav/{entry['id']}.wav"
+        assert entry["id"] == f"{entry['speaker']}_{entry['emotion']}_{entry['id'][-3:]}"
+        assert re.fullmatch(r"[A-Z']+( [A-Z']+){3,7}", entry["text"]), entry["text"]
+        assert entry["gender"] in {"male", "female"}
+    for split in SPLITS:
+        for entry in lines(corpus / "emotion" / f"{split}.jsonl"):
+            assert entry["audio"] == f"../wav/{entry['id']}.wav"  # relative to the manifest's own folder
+
+
+def test_emotion_splits_are_speaker_disjoint_mixed_and_cover_every_utterance_once(corpus):
+    splits = {split: lines(corpus / "emotion" / f"{split}.jsonl") for split in SPLITS}
+    speakers = {split: {e["speaker"] for e in entries} for split, entries in splits.items()}
+    assert [len(speakers[split]) for split in SPLITS] == [16, 4, 4]
+    assert not speakers["train"] & speakers["valid"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["valid"] & speakers["test"]
+    for entries in splits.values():
+        assert {e["gender"] for e in entries} == {"male", "female"}
+    ids = [e["id"] for entries in splits.values() for e in entries]
+    assert sorted(ids) == sorted(e["id"] for e in lines(corpus / "all.jsonl"))
+    assert len(ids) == len(set(ids))
+
+
+def test_every_speaker_speaks_every_emotion_equally_often(corpus):
+    by_speaker: dict[str, list[str]] = {}
+    for entry in lines(corpus / "all.jsonl"):
+        by_speaker.setdefault(entry["speaker"], []).append(entry["emotion"])
+    assert len(by_speaker) >= 24
+    for emotions in by_speaker.values():
+        assert sorted(emotions) == sorted(EMOTIONS)
+
+
+def test_audio_is_mono_16k_pcm_not_silent_and_as_long_as_the_manifest_says(corpus):
+    for entry in lines(corpus / "all.jsonl"):
+        path = corpus / entry["audio"]
+        info = soundfile.info(path)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert entry["duration"] == round(info.frames / 16000, 3)
+        assert 1.0 < entry["duration"] < 5.0
+        data, _ = soundfile.read(path, dtype="float32")
+        assert data.std() > 0.01 and abs(data).max() < 1.0
+
+
+def test_the_same_seed_gives_the_same_bytes_and_another_seed_a_different_corpus(corpus, tmp_path):
+    again = generate(tmp_path / "again")
+    for name in ["all.jsonl", *(f"emotion/{split}.jsonl" for split in SPLITS)]:
+        assert (again / name).read_bytes() == (corpus / name).read_bytes()
+    for entry in lines(corpus / "all.jsonl"):
+        assert (again / entry["audio"]).read_bytes() == (corpus / entry["audio"]).read_bytes()
+    other = generate(tmp_path / "other", seed=1)
+    assert (other / "all.jsonl").read_text() != (corpus / "all.jsonl").read_text()
+    shared = sorted({e["audio"] for e in lines(other / "all.jsonl")} & {e["audio"] for e in lines(again / "all.jsonl")})
+    assert shared and (other / shared[0]).read_bytes() != (corpus / shared[0]).read_bytes()
+
+
+def test_sad_is_slower_and_angry_faster_than_neutral(corpus):
+    entries = lines(corpus / "all.jsonl")
+
+    def seconds_per_word(emotion: str) -> float:
+        return statistics.median(e["duration"] / len(e["text"].split()) for e in entries if e["emotion"] == emotion)
+
+    # Angry is at 170% rate but stresses every word, which lengthens it again.
+    assert seconds_per_word("sad") > 1.3 * seconds_per_word("neu") > 1.3 * 1.05 * seconds_per_word("ang")
+
+
+def test_a_missing_espeak_ng_says_how_to_install_it(tmp_path, monkeypatch):
+    module = load_script()
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="apt-get install espeak-ng.*brew install espeak-ng"):
+        module.main(["--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("bad", [["--utterances-per-speaker", "6"], ["--num-speakers", "1000"]])
+def test_arguments_it_cannot_honour_are_refused_before_any_work(tmp_path, bad):
+    with pytest.raises(SystemExit):
+        load_script().main(["--out", str(tmp_path / "none"), *bad])
+    assert not (tmp_path / "none").exists()
