@@ -132,20 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     if given and given[0] in LIGHTNING_COMMANDS:
         name = given[0]
-        try:
+
+        def run_command() -> None:
             from .lightning_cli import run
 
-            run(None if argv is None else given)
-        except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
-            print(f"strata {name}: error: {_one_line(error)}", file=sys.stderr)
-            return 2
-        return 0
-    args = build_parser().parse_args(given)
+            run(None if argv is None else given)  # LightningCLI parses its own arguments
+    else:
+        args = build_parser().parse_args(given)
+        name = args.command
+
+        def run_command() -> None:
+            COMMANDS[name][2](args)
+
     try:
-        COMMANDS[args.command][2](args)
+        run_command()
     except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
         # Library code raises with the what and where; the command line shows just that, on one line.
-        print(f"strata {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"strata {name}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
