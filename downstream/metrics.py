@@ -1,12 +1,15 @@
 """Evaluation metrics: plain tensors or lists in, Python floats out (no Lightning, no state).
 
 Classification: `confusion_matrix`, `weighted_accuracy` (WA), `unweighted_accuracy` (UA), `accuracy`.
+Detection (speaker verification): `eer` and `min_dcf` from trial scores and 1/0 target labels, both built on
+`operating_points`, the miss and false-alarm rates at every distinct threshold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 Labels = torch.Tensor | Sequence[int]
@@ -76,3 +79,93 @@ def accuracy(predictions: Labels, targets: Labels) -> float:
     if targets.numel() == 0:
         raise ValueError("accuracy of no utterances is undefined")
     return float((predictions == targets).double().mean())
+
+
+Scores = torch.Tensor | np.ndarray | Sequence[float]
+
+
+def as_trial_values(values: Scores, what: str) -> np.ndarray:
+    """A 1-D float64 array of one value per trial, from a tensor, an array or a list."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{what} must be one value per trial, shape [N]; got {array.shape}")
+    return array
+
+
+def detection_trials(scores: Scores, labels: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """float64 scores `[N]` and a boolean target mask `[N]`, checked: finite scores, 0/1 labels, both classes."""
+    scores, labels = as_trial_values(scores, "scores"), as_trial_values(labels, "labels")
+    if scores.size != labels.size:
+        raise ValueError(f"{scores.size} scores for {labels.size} labels")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(
+            f"{bad.size} of {scores.size} scores are not finite (first: trial {bad[0]}, {scores[bad[0]]}); "
+            "check the scoring for a division by zero (e.g. an all-zero embedding in a cosine score)"
+        )
+    odd = labels[(labels != 0) & (labels != 1)]
+    if odd.size:
+        raise ValueError(f"labels must be 1 (target) or 0 (non-target); got {sorted(set(odd.tolist()))[:5]}")
+    target = labels == 1
+    if not target.any() or target.all():
+        missing = "target" if not target.any() else "non-target"
+        raise ValueError(f"no {missing} trials among {labels.size}: EER and DCF need both kinds")
+    return scores, target
+
+
+def operating_points(scores: Scores, labels: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(thresholds, p_miss, p_fa)` of the decision "target if score >= threshold", ascending thresholds.
+
+    One point per distinct score (tied scores move together: a threshold cannot split them), the first one
+    accepting every trial (p_miss 0, p_fa 1), plus a last point just above the highest score that rejects every
+    trial (p_miss 1, p_fa 0). p_miss(t) = targets with score < t / targets, p_fa(t) = non-targets with
+    score >= t / non-targets; both are monotonic in t, so the curves cross once.
+    """
+    scores, target = detection_trials(scores, labels)
+    target_scores, nontarget_scores = np.sort(scores[target]), np.sort(scores[~target])
+    thresholds = np.append(np.unique(scores), np.nextafter(scores.max(), np.inf))
+    p_miss = np.searchsorted(target_scores, thresholds, side="left") / target_scores.size
+    p_fa = 1.0 - np.searchsorted(nontarget_scores, thresholds, side="left") / nontarget_scores.size
+    return thresholds, p_miss, p_fa
+
+
+def eer(scores: Scores, labels: Scores) -> tuple[float, float]:
+    """Equal error rate and its threshold; labels 1 = target, 0 = non-target, a higher score is more target-like.
+
+    Where the miss and false-alarm curves cross between two neighbouring operating points, both rates and the
+    threshold are interpolated linearly between them (the usual reading of a DET curve's diagonal in the NIST
+    and speaker-verification literature), so the EER need not be an error rate any threshold achieves: a target
+    and a non-target tied at one score give 0.5, not 0 or 1. Perfect separation gives 0.0 (at the lowest target
+    score); identical target and non-target score distributions give 0.5.
+    """
+    thresholds, p_miss, p_fa = operating_points(scores, labels)
+    gap = p_fa - p_miss  # strictly decreasing, from +1 (accept all) to -1 (reject all)
+    i = int(np.argmax(gap <= 0))
+    if gap[i] == 0:
+        return float(p_miss[i]), float(thresholds[i])
+    weight = gap[i - 1] / (gap[i - 1] - gap[i])
+    rate = p_miss[i - 1] + weight * (p_miss[i] - p_miss[i - 1])
+    threshold = thresholds[i - 1] + weight * (thresholds[i] - thresholds[i - 1])
+    return float(rate), float(threshold)
+
+
+def min_dcf(
+    scores: Scores, labels: Scores, p_target: float = 0.05, c_miss: float = 1.0, c_fa: float = 1.0
+) -> tuple[float, float]:
+    """Minimum normalised detection cost and its threshold (NIST SRE / VoxSRC: p_target 0.05 or 0.01).
+
+    DCF(t) = c_miss p_miss(t) p_target + c_fa p_fa(t) (1 - p_target), minimised over every operating point,
+    accept-all and reject-all included, and divided by min(c_miss p_target, c_fa (1 - p_target)), the cost of
+    the better trivial system, so 1.0 means the scores are no better than always deciding the same way. Of
+    equal minima the lowest threshold is returned; reject-all's threshold is just above the highest score.
+    """
+    if not 0 < p_target < 1:
+        raise ValueError(f"p_target must be strictly between 0 and 1, got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
+    thresholds, p_miss, p_fa = operating_points(scores, labels)
+    cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
+    best = int(np.argmin(cost))
+    return float(cost[best] / min(c_miss * p_target, c_fa * (1 - p_target))), float(thresholds[best])

@@ -71,6 +71,13 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", nargs="?", default="exp", help="folder searched for results.json files (default exp)")
 
 
+def _format_metric(name: str, value: object) -> str:
+    """Rates (accuracy, UA, EER, ...) as percentages; a detection cost stays a fraction, as it is published."""
+    if isinstance(value, float):
+        return f"{value:.4f}" if name.startswith("minDCF") or abs(value) > 1 else f"{100 * value:.2f}"
+    return str(value)
+
+
 @command("report", "a markdown table per task of every results.json below a folder", _report_arguments)
 def report(args: argparse.Namespace) -> None:
     import json
@@ -89,13 +96,59 @@ def report(args: argparse.Namespace) -> None:
         metrics = [k for k in runs[0][1] if k not in described and isinstance(runs[0][1][k], int | float)]
         rows = [
             [r.get("upstream", "?"), r.get("interface", "?"), r.get("trainable", "frozen")]
-            + [f"{100 * r[m]:.2f}" if isinstance(r.get(m), float) and abs(r[m]) <= 1 else r.get(m, "") for m in metrics]
+            + [_format_metric(m, r.get(m, "")) for m in metrics]
             + [r.get("num_utterances", ""), r.get("seed", ""), run_dir]
             for run_dir, r in runs
         ]
         header = ["upstream", "interface", "trainable", *metrics, "utterances", "seed", "run"]
         print(f"\n## {task}\n")
         print(markdown_table(header, rows))
+
+
+def _embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="a checkpoint of `strata fit` (e.g. <run>/checkpoints/best.ckpt)")
+    parser.add_argument("--manifest", required=True, help="JSONL manifest of the utterances to embed")
+    parser.add_argument("--out", required=True, help="output .npz, one array per utterance id")
+    parser.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per batch (default 60)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+
+
+@command(
+    "embed", "embed every utterance of a manifest with a trained run's head (speaker embeddings, ...)", _embed_arguments
+)
+def embed(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .data import AudioDataset, BucketBatchSampler, PadCollate, read_manifest
+    from .module import SSLTaskModule
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    module = SSLTaskModule.from_checkpoint(args.ckpt).to(device)
+    manifest = read_manifest(args.manifest)
+    dataset = AudioDataset(
+        manifest, module.upstream.sample_rate, min_samples=getattr(module.upstream, "min_samples", 0)
+    )
+    sampler = BucketBatchSampler(manifest.durations, args.batch_seconds, shuffle=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollate(), num_workers=2)
+    embeddings: dict[str, np.ndarray] = {}
+    with torch.inference_mode(), tqdm(total=len(manifest), unit="utt", desc="embedding") as progress:
+        for batch in loader:
+            vectors = module.embed(batch["wavs"].to(device), batch["wav_lengths"].to(device)).float().cpu().numpy()
+            embeddings.update(zip(batch["ids"], vectors, strict=True))
+            progress.update(len(batch["ids"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial.npz")  # renamed when complete: never half a file under `out`
+    np.savez(partial, **embeddings)
+    os.replace(partial, out)
+    size = next(iter(embeddings.values())).shape[0]
+    print(f"wrote {len(embeddings)} embeddings of size {size} from {args.ckpt} to {out}")
 
 
 # Handled by LightningCLI (recipes.lightning_cli), which has its own parser; listed here for `strata --help`.

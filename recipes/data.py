@@ -136,6 +136,10 @@ class AudioDataset(Dataset):
 
     Clips shorter than `min_samples` (the upstream's receptive field) are zero-padded to it, with one warning
     that counts them, because an upstream cannot make a frame from less.
+
+    With `crop_seconds`, every item is a random crop of exactly that length (a new one each time it is read, from
+    torch's generator), and a shorter clip is repeated to fill it rather than zero-padded: speaker embeddings
+    trained on silence-padded crops learn the padding. Only the cropped segment is read from disk.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class AudioDataset(Dataset):
         sample_rate: int,
         targets: Sequence[Any] | None = None,
         min_samples: int = 0,
+        crop_seconds: float | None = None,
     ) -> None:
         if targets is not None and len(targets) != len(manifest):
             raise ValueError(f"{len(targets)} targets for {len(manifest)} utterances of {manifest.path}")
@@ -151,7 +156,11 @@ class AudioDataset(Dataset):
         self.sample_rate = sample_rate
         self.targets = targets
         self.min_samples = min_samples
-        short = [d for d in manifest.durations if d * sample_rate < min_samples]
+        if crop_seconds is not None and crop_seconds * sample_rate < max(min_samples, 1):
+            raise ValueError(f"crop_seconds={crop_seconds} is shorter than the upstream's {min_samples} samples")
+        self.crop_seconds = crop_seconds
+        self.crop_samples = None if crop_seconds is None else int(round(crop_seconds * sample_rate))
+        short = [d for d in manifest.durations if d * sample_rate < min_samples and crop_seconds is None]
         if short:
             warnings.warn(
                 f"{len(short)} of {len(manifest)} clips in {manifest.path} are shorter than the upstream's receptive "
@@ -162,18 +171,44 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
+    @property
+    def durations(self) -> list[float]:
+        """Seconds of audio each item will have: what batches are sized by."""
+        if self.crop_seconds is not None:
+            return [self.crop_seconds] * len(self)
+        return self.manifest.durations
+
+    def _segment(self, entry: dict[str, Any]) -> tuple[float | None, float | None]:
+        start, end = entry.get("start"), entry.get("end")
+        if self.crop_seconds is None:
+            return start, end
+        first = start or 0.0
+        length = (end - first) if end is not None else float(entry["duration"])
+        if length <= self.crop_seconds:
+            return start, end
+        offset = first + float(torch.rand(())) * (length - self.crop_seconds)
+        return offset, offset + self.crop_seconds
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.manifest.entries[index]
         try:
-            wav = read_audio(entry["audio"], self.sample_rate, entry.get("start"), entry.get("end"))
+            wav = read_audio(entry["audio"], self.sample_rate, *self._segment(entry))
         except AudioError as error:
             raise AudioError(f"{error} ({self.manifest.where(index)}, id {entry['id']})") from None
-        if wav.numel() < self.min_samples:
+        if self.crop_samples is not None:
+            wav = repeat_to(wav, self.crop_samples)
+        elif wav.numel() < self.min_samples:
             wav = torch.nn.functional.pad(wav, (0, self.min_samples - wav.numel()))
         item = {"index": index, "id": entry["id"], "wav": wav}
         if self.targets is not None:
             item["target"] = self.targets[index]
         return item
+
+
+def repeat_to(wav: torch.Tensor, samples: int) -> torch.Tensor:
+    """`wav [S]` repeated end to end (or cut) to exactly `samples`."""
+    repeats = -(-samples // wav.numel())
+    return wav.repeat(repeats)[:samples]
 
 
 class PadCollate:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
-from .data import AudioDataset, BucketBatchSampler, PadCollate, read_manifest
-from .tasks import Task
+from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
+from .tasks import SplitData, Task
+from .trials import Trials, make_trials, read_trials
+
+# Drawn validation trials: every same-speaker pair up to this many (and as many different-speaker pairs) keeps
+# validation of a large corpus to seconds of scoring.
+MAX_VALID_TARGETS = 10000
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -17,6 +23,9 @@ class ManifestDataModule(L.LightningDataModule):
     The task (labels, target collation), the sample rate and the shortest usable clip come from the model the
     trainer runs (`bind` sets them by hand outside a Trainer). Shuffling is seeded by `seed`, or the run's
     `seed_everything` seed when unset.
+
+    Verification scores pairs of test utterances from `trials` (`<1|0> <enroll id> <test id>` a line); its
+    validation scores `valid_trials`, or balanced trials drawn from the valid manifest's speakers when unset.
     """
 
     def __init__(
@@ -24,12 +33,16 @@ class ManifestDataModule(L.LightningDataModule):
         train: str | None = None,
         valid: str | None = None,
         test: str | None = None,
+        trials: str | None = None,
+        valid_trials: str | None = None,
         max_batch_seconds: float = 120.0,
         num_workers: int = 2,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         self.train, self.valid, self.test = train, valid, test
+        self.trials, self.valid_trials = trials, valid_trials
+        self.split_trials: dict[str, Trials] = {}
         self.max_batch_seconds = max_batch_seconds
         self.num_workers = num_workers
         self.seed = seed
@@ -64,10 +77,42 @@ class ManifestDataModule(L.LightningDataModule):
                 raise ValueError(f"`strata {stage}` needs a {split} manifest: pass --data.{split} PATH")
             if split in self.datasets and str(self.datasets[split].manifest.path) == str(path):
                 continue
-            manifest = read_manifest(path, fields=self.task.fields)
+            manifest = read_manifest(path, fields=self.task.fields_for(split))
             self.datasets[split] = AudioDataset(
-                manifest, self.sample_rate, targets=self.task.targets(manifest), min_samples=self.min_samples
+                manifest,
+                self.sample_rate,
+                targets=self.task.targets(manifest, split),
+                min_samples=self.min_samples,
+                crop_seconds=self.task.train_crop_seconds if split == "train" else None,
             )
+            if self.task.uses_trials and split != "train":
+                self.split_trials[split] = self._read_trials(split, manifest)
+
+    def _read_trials(self, split: str, manifest: Manifest) -> Trials:
+        path = self.trials if split == "test" else self.valid_trials
+        if path is not None:
+            return read_trials(
+                path, manifest.ids, [entry["audio"] for entry in manifest.entries], manifest=manifest.path
+            )
+        if split == "test":
+            raise ValueError(
+                f"{self.task.name} tests on trials: pass --data.trials PATH (`<1|0> <enroll> <test>` a line)"
+            )
+        if any("speaker" not in entry for entry in manifest.entries):
+            raise ValueError(
+                f"{manifest.path} has no speaker labels to draw validation trials from: "
+                "add a `speaker` field or pass --data.valid_trials PATH"
+            )
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        speakers = [entry["speaker"] for entry in manifest.entries]
+        pairs = make_trials(manifest.ids, speakers, seed=seed, max_targets=MAX_VALID_TARGETS)
+        index = {utterance: i for i, utterance in enumerate(manifest.ids)}
+        labels, enroll, test = zip(*((label, index[a], index[b]) for label, a, b in pairs), strict=True)
+        return Trials(manifest.path, torch.tensor(labels), torch.tensor(enroll), torch.tensor(test))
+
+    def split_data(self, split: str) -> SplitData:
+        """What the task's evaluator needs about a split: its manifest and trials."""
+        return SplitData(split, self.datasets[split].manifest, self.split_trials.get(split))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -75,7 +120,7 @@ class ManifestDataModule(L.LightningDataModule):
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = BucketBatchSampler(
-            dataset.manifest.durations,
+            dataset.durations,
             self.max_batch_seconds,
             shuffle=shuffle,
             seed=seed,

@@ -7,13 +7,13 @@ and `--ckpt_path best|last` meaning that run's checkpoints.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
+from .tasks import task_class
 
 # Lightning's notices that do not apply here: a frozen upstream is in eval mode on purpose, and the
 # LeafSpec deprecation and the cloud-logger tip are Lightning's own business.
@@ -32,14 +33,6 @@ for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``"
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
-
-
-def _task_class(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"unknown task class {class_path!r} (see recipes.tasks.TASKS)") from None
 
 
 def run_name(upstream: str, interface: str) -> str:
@@ -66,7 +59,7 @@ class StrataCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        task = _task_class(config.model.task.class_path)
+        task = task_class(config.model.task.class_path)
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = str(
                 default_run_dir(task.name, config.model.upstream.name, config.model.interface.name)
@@ -74,6 +67,22 @@ class StrataCLI(LightningCLI):
         self.run_dir = Path(config.trainer.default_root_dir)
         self.monitor = (f"valid/{task.monitor}", task.monitor_mode)
         config.ckpt_path = self._resolve_checkpoint(config.get("ckpt_path"))
+        self._complete_task(config, task)
+
+    def _complete_task(self, config: Any, task: type) -> None:
+        """Let the task fill what comes from the data (e.g. the training speakers) into the config, so the
+        resolved config and the checkpoint's hyper-parameters record it."""
+        init_args = config.model.task.get("init_args")
+        given = dict(vars(init_args)) if init_args is not None else {}
+        checkpoint_args = None
+        if config.ckpt_path is not None:
+            hparams = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
+                "hyper_parameters", {}
+            )
+            checkpoint_args = (hparams.get("task") or {}).get("init_args")
+        for name, value in task.complete_config(given, config.data.get("train"), checkpoint_args).items():
+            if given.get(name) != value:
+                config.model.task.init_args[name] = value
 
     def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
         """`best` / `last` name this run's checkpoints. A fit with `last` and none yet starts afresh, so a

@@ -15,7 +15,7 @@ from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
-from .tasks import Evaluator, Task
+from .tasks import Evaluator, Task, task_class
 
 
 @dataclass
@@ -84,13 +84,42 @@ class SSLTaskModule(L.LightningModule):
     def run_name(self) -> str:
         return f"{self.upstream_config.name}_{self.interface_config.name}"
 
-    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> Any:
-        """`wavs [B, S]`, `wav_lengths [B]` -> the head's outputs (logits for classification tasks)."""
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SSLTaskModule:
+        """The trained module a `strata fit` checkpoint holds, rebuilt from its hyper-parameters (plain config
+        dicts, so the file loads with `weights_only=True`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        if "task" not in hparams:
+            raise ValueError(f"{path} is not a strata checkpoint (no task in its hyper-parameters)")
+        task = hparams.pop("task")
+        module = cls(
+            task=task_class(task["class_path"])(**task.get("init_args", {})),
+            upstream=UpstreamConfig(**hparams.pop("upstream", {})),
+            interface=InterfaceConfig(**hparams.pop("interface", {})),
+            **{k: v for k, v in hparams.items() if not k.startswith("_")},
+        )
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.eval()
+
+    def features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`wavs [B, S]`, `wav_lengths [B]` -> what the head reads: `features [B, T, D]` and `lengths [B]`."""
         out = self.upstream(wavs, wav_lengths)
         features = self.interface(out.hidden_states, out.lengths)
         if self.feature_norm is not None:
             features = self.feature_norm(features, out.lengths)
-        return self.head(features, out.lengths)
+        return features, out.lengths
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> Any:
+        """`wavs [B, S]`, `wav_lengths [B]` -> the head's outputs (logits for classification tasks)."""
+        return self.head(*self.features(wavs, wav_lengths))
+
+    def embed(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """`wavs [B, S]`, `wav_lengths [B]` -> one vector per utterance `[B, E]` (the head's `embed`)."""
+        return self.head.embed(*self.features(wavs, wav_lengths))
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         outputs = self(batch["wavs"], batch["wav_lengths"])
@@ -100,8 +129,10 @@ class SSLTaskModule(L.LightningModule):
 
     def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:
         outputs = self(batch["wavs"], batch["wav_lengths"])
-        loss = self.task.loss(outputs, batch["targets"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["ids"]), sync_dist=True)
+        if "targets" in batch:  # verification scores held-out speakers through trials, without a loss
+            loss = self.task.loss(outputs, batch["targets"])
+            batch_size = len(batch["ids"])
+            self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.evaluator.update(outputs, batch)
 
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -115,17 +146,26 @@ class SSLTaskModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=True)
         return metrics
 
+    def _start_evaluation(self, split: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "split_data"):
+            raise ValueError("SSLTaskModule evaluates through recipes.datamodule.ManifestDataModule")
+        self.evaluator = self.task.evaluator(datamodule.split_data(split))
+
     def on_validation_epoch_start(self) -> None:
-        self.evaluator = self.task.evaluator()
+        self._start_evaluation("valid")
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "valid")
 
     def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("valid")
+        # The sanity check sees a couple of batches: enough to catch a crash, too few for a metric (verification
+        # needs every utterance its trials name).
+        if not self.trainer.sanity_checking:
+            self._finish_evaluation("valid")
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator = self.task.evaluator()
+        self._start_evaluation("test")
 
     def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "test")
@@ -146,6 +186,7 @@ class SSLTaskModule(L.LightningModule):
             "dataset": str(getattr(datamodule, "test", "") or ""),
             "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
             "num_utterances": self.evaluator.num_utterances,
+            **self.evaluator.details(),
         }
         path = run_dir / "results.json"
         path.write_text(json.dumps(results, indent=2) + "\n")

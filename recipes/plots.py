@@ -62,3 +62,45 @@ def plot_confusion(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def plot_det(scores: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """Save the detection error trade-off curve of verification `scores [N]` with `labels [N]` (1 = target) as a
+    PNG: miss against false-alarm rate on normal-deviate axes, as the speaker literature draws it (a straight
+    line for Gaussian scores), with the EER point marked. Returns the path."""
+    from statistics import NormalDist
+
+    from downstream.metrics import eer, operating_points
+
+    _, p_miss, p_fa = operating_points(scores, labels)
+    equal_error, _ = eer(scores, labels)
+    count = max(int(torch.as_tensor(labels).numel()), 2)
+    # Rates of exactly 0 or 1 have no normal deviate: clip to half a trial.
+    floor = 0.5 / count
+    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4) if t >= floor]
+    deviate = np.vectorize(NormalDist().inv_cdf)
+
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(deviate(np.clip(p_fa, floor, 1 - floor)), deviate(np.clip(p_miss, floor, 1 - floor)), lw=1.5)
+    point = deviate(np.clip(equal_error, floor, 1 - floor))
+    ax.plot([point], [point], "o", color="C3", label=f"EER {100 * equal_error:.2f}%")
+    limits = deviate([floor, 0.5])
+    ax.plot(limits, limits, ":", color="grey", lw=0.8)
+    ax.set_xlim(*limits)
+    ax.set_ylim(*limits)
+    labels_text = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks(deviate(ticks), labels=labels_text)
+    ax.set_yticks(deviate(ticks), labels=labels_text)
+    ax.set_xlabel("false-alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.grid(True, lw=0.4, alpha=0.6)
+    ax.legend(loc="upper right")
+    if title:
+        ax.set_title(title)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path

@@ -204,3 +204,30 @@ def test_bucketing_pads_far_less_than_fixed_count_batches():
     assert bucketed < 0.05 < fixed
     assert math.isclose(padding_fraction([[0, 1]], [1.0, 1.0]), 0.0)
     assert math.isclose(padding_fraction([[0, 1]], [1.0, 3.0]), 1 - 4 / 6)
+
+
+def test_crops_have_the_crop_length_and_short_clips_are_repeated_not_zero_padded(tmp_path):
+    # A ramp stored as float: every sample's value says where in the file it came from.
+    ramp = (np.arange(32000) / 32000).astype("float32")
+    soundfile.write(str(tmp_path / "long.wav"), ramp, 16000, subtype="FLOAT")
+    soundfile.write(str(tmp_path / "short.wav"), ramp[:4800], 16000, subtype="FLOAT")
+    manifest = read_manifest(
+        write_manifest(tmp_path / "m.jsonl", [
+            {"id": "long", "audio": "long.wav", "duration": 2.0},
+            {"id": "short", "audio": "short.wav", "duration": 0.3},
+        ])
+    )  # fmt: skip
+    dataset = AudioDataset(manifest, 16000, crop_seconds=0.5)
+    assert dataset.durations == [0.5, 0.5]
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(4):  # each crop is a contiguous piece of the file, taken at a random place
+        crop = dataset[0]["wav"]
+        start = round(crop[0].item() * 32000)
+        assert crop.numel() == 8000
+        np.testing.assert_array_equal(crop.numpy(), ramp[start : start + 8000])
+        starts.add(start)
+    assert len(starts) > 1
+    short = dataset[1]["wav"].numpy()
+    assert short.size == 8000
+    np.testing.assert_array_equal(short, np.concatenate([ramp[:4800], ramp[:3200]]))  # repeated, not zeros

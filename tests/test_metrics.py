@@ -1,9 +1,19 @@
-"""Classification metrics against hand-computed values: UA weighs classes equally, WA weighs utterances equally."""
+"""Metrics against hand-computed values: UA weighs classes equally, WA weighs utterances equally; EER and minDCF
+of verification scores, with the crossing interpolated and tied scores kept together."""
 
+import numpy as np
 import pytest
 import torch
 
-from downstream.metrics import accuracy, confusion_matrix, unweighted_accuracy, weighted_accuracy
+from downstream.metrics import (
+    accuracy,
+    confusion_matrix,
+    eer,
+    min_dcf,
+    operating_points,
+    unweighted_accuracy,
+    weighted_accuracy,
+)
 
 # Unbalanced references: class 0 has 6 utterances (5 right), class 1 has 3 (1 right), class 2 has 1 (wrong).
 TARGETS = [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]
@@ -62,3 +72,105 @@ def test_metrics_of_nothing_are_errors():
         accuracy([], [])
     with pytest.raises(ValueError, match="1 predictions for 2 targets"):
         accuracy([0], [0, 1])
+
+
+# Verification: 4 targets and 4 non-targets, one of each on the wrong side of the other class.
+#   sorted scores  0.1 N  0.2 N  0.3 T  0.4 N  0.6 T  0.7 N  0.8 T  0.9 T
+#   accept >= t     0.1   0.2   0.3   0.4   0.6   0.7   0.8   0.9   reject all
+#   p_miss          0     0     0     1/4   1/4   1/2   1/2   3/4   1
+#   p_fa            1     3/4   1/2   1/2   1/4   1/4   0     0     0
+# EER: the curves meet at t = 0.6, both 1/4, with no interpolation.
+# Normalised DCF = p_miss + (1 - p) / p * p_fa: at p = 0.05, 19 x p_fa: 19, 14.25, 9.5, 9.75, 5, 5.25, 0.5, 0.75, 1
+# -> 0.5 at t = 0.8; at p = 0.01 (99 x p_fa) the same point wins, 0.5 at 0.8; at p = 0.5 (p_miss + p_fa:
+# 1, .75, .5, .75, .5, .75, .5, .75, 1) the first of three 0.5s, t = 0.3.
+TARGET_SCORES = [0.3, 0.6, 0.8, 0.9]
+NONTARGET_SCORES = [0.1, 0.2, 0.4, 0.7]
+SCORES = TARGET_SCORES + NONTARGET_SCORES
+TRIAL_LABELS = [1, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_operating_points_of_the_hand_worked_trials():
+    thresholds, p_miss, p_fa = operating_points(SCORES, TRIAL_LABELS)
+    assert thresholds[:-1].tolist() == sorted(SCORES)
+    assert thresholds[-1] > 0.9 and thresholds[-1] == pytest.approx(0.9)  # just above the top score
+    assert p_miss.tolist() == [0, 0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 1]
+    assert p_fa.tolist() == [1, 0.75, 0.5, 0.5, 0.25, 0.25, 0, 0, 0]
+
+
+def test_eer_and_min_dcf_of_the_hand_worked_trials():
+    assert eer(SCORES, TRIAL_LABELS) == (0.25, 0.6)
+    assert min_dcf(SCORES, TRIAL_LABELS, p_target=0.05) == (0.5, 0.8)
+    assert min_dcf(SCORES, TRIAL_LABELS, p_target=0.01) == (0.5, 0.8)
+    assert min_dcf(SCORES, TRIAL_LABELS, p_target=0.5) == (0.5, 0.3)
+    # c_miss 10 at p 0.05: (0.5 p_miss + 0.95 p_fa) / 0.5 = p_miss + 1.9 p_fa, lowest at t = 0.8 again (0.5).
+    assert min_dcf(SCORES, TRIAL_LABELS, c_miss=10.0) == (pytest.approx(0.5), 0.8)
+
+
+def test_eer_between_operating_points_is_interpolated_with_its_threshold():
+    # Non-target 0.4 moved up to 0.6, tied with a target: p_miss/p_fa are 1/4 / 1/2 at t = 0.6 and 1/2 / 1/4 at
+    # t = 0.7; the curves cross halfway, EER 3/8 at t = 0.65.
+    rate, threshold = eer([0.3, 0.6, 0.8, 0.9, 0.1, 0.2, 0.6, 0.7], TRIAL_LABELS)
+    assert rate == pytest.approx(0.375)
+    assert threshold == pytest.approx(0.65)
+
+
+def test_tied_scores_move_together():
+    # A target and a non-target at one score: accept both (p_fa 1) or reject both (p_miss 1), never one of them.
+    assert eer([0.5, 0.5], [1, 0])[0] == 0.5
+    assert eer([0.2, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == (pytest.approx(0.25), pytest.approx(0.7))
+
+
+def test_perfect_separation_costs_nothing():
+    scores, labels = [2.0, 3.0, 2.5, -1.0, 0.0, 1.9], [1, 1, 1, 0, 0, 0]
+    assert eer(scores, labels) == (0.0, 2.0)
+    for p_target in (0.05, 0.01):
+        assert min_dcf(scores, labels, p_target=p_target) == (0.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels"),
+    [([1.0, 1.0, 1.0, 1.0], [1, 0, 1, 0]), ([1.0, 2.0, 3.0, 3.0, 2.0, 1.0], [1, 1, 1, 0, 0, 0])],
+)
+def test_fully_overlapped_scores_are_chance(scores, labels):
+    assert eer(scores, labels)[0] == pytest.approx(0.5)
+    # Identical distributions: p_miss = 1 - p_fa, so no threshold beats rejecting everything (cost 1.0).
+    for p_target in (0.05, 0.01, 0.5):
+        assert min_dcf(scores, labels, p_target=p_target)[0] == pytest.approx(1.0)
+
+
+def test_order_of_trials_and_input_type_do_not_matter():
+    generator = np.random.default_rng(0)
+    labels = generator.integers(0, 2, size=200)
+    scores = generator.normal(size=200) + labels  # targets one standard deviation higher
+    expected_eer, expected_dcf = eer(scores, labels), min_dcf(scores, labels)
+    assert 0.2 < expected_eer[0] < 0.4
+    order = generator.permutation(200)
+    assert eer(scores[order], labels[order]) == expected_eer
+    assert min_dcf(scores[order], labels[order]) == expected_dcf
+    assert eer(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels)) == pytest.approx(expected_eer, abs=1e-6)
+    assert eer(scores.tolist(), labels.tolist()) == expected_eer
+    assert all(type(v) is float for v in (*expected_eer, *expected_dcf))
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        ([0.1, 0.2], [1, 1], "no non-target trials among 2"),
+        ([0.1, 0.2], [0, 0], "no target trials among 2"),
+        ([0.1, float("nan"), 0.3], [1, 0, 1], r"1 of 3 scores are not finite \(first: trial 1, nan\)"),
+        ([0.1, 0.2], [1, 2], r"labels must be 1 \(target\) or 0 \(non-target\); got \[2.0\]"),
+        ([0.1, 0.2, 0.3], [1, 0], "3 scores for 2 labels"),
+        ([[0.1, 0.2]], [[1, 0]], r"scores must be one value per trial, shape \[N\]; got \(1, 2\)"),
+        ([], [], "no target trials among 0"),
+    ],
+)
+def test_bad_trials_are_errors(scores, labels, message):
+    for metric in (eer, min_dcf):
+        with pytest.raises(ValueError, match=message):
+            metric(scores, labels)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"p_target": 0.0}, "p_target"), ({"c_fa": -1.0}, "positive")])
+def test_bad_costs_are_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        min_dcf(SCORES, TRIAL_LABELS, **kwargs)

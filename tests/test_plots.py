@@ -31,3 +31,14 @@ def test_class_names_must_match_the_confusion(tmp_path):
     with pytest.raises(ValueError, match="2 classes were named"):
         plot_confusion(torch.zeros(3, 3, dtype=torch.long), ["a", "b"], tmp_path / "c.png")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_det_plot_is_written_for_overlapping_and_separated_scores(tmp_path):
+    from recipes.plots import plot_det
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1] * 200 + [0] * 200)
+    for name, shift in (("overlap", 1.0), ("separated", 20.0)):
+        scores = torch.randn(400, generator=generator) + shift * labels
+        path = plot_det(scores, labels, tmp_path / f"{name}.png", title=name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10000

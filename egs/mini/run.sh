@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
-# every upstream asked for, then print the results table.
+# every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
+# 3 speaker verification, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
@@ -12,7 +13,7 @@ upstream="fbank tiny_hubert"   # one or more upstreams (space-separated), see `s
 interface=weighted_sum
 trainable=frozen
 seed=0
-num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion
+num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and verification
 utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
 exp_dir=exp
@@ -31,18 +32,39 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
         --num-speakers "${num_speakers}" --utterances-per-speaker "${utterances_per_speaker}"
 fi
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    require "${data_dir}/emotion/train.jsonl" 0
+# run_task TASK: fit (resuming from the last checkpoint) and test TASK with conf/TASK.yaml on data/mini/TASK/ for
+# every upstream; arguments after TASK go to `strata test` only (e.g. the trials).
+run_task() {
+    local task=$1; shift
+    require "${data_dir}/${task}/train.jsonl" 0
     for up in ${upstream}; do
-        run_dir="${exp_dir}/emotion/${up//[:\/]/_}_${interface}"
-        log "Stage 1: emotion with ${up} (${interface}, ${trainable}) -> ${run_dir}"
-        common=(--config conf/emotion.yaml --seed_everything "${seed}"
+        local run_dir="${exp_dir}/${task}/${up//[:\/]/_}_${interface}"
+        log "${task} with ${up} (${interface}, ${trainable}) -> ${run_dir}"
+        local started=${SECONDS}
+        local common=(--config "conf/${task}.yaml" --seed_everything "${seed}"
             --model.upstream.name "${up}" --model.upstream.trainable "${trainable}"
             --model.interface.name "${interface}" --trainer.default_root_dir "${run_dir}")
-        strata fit "${common[@]}" --data.train "${data_dir}/emotion/train.jsonl" \
-            --data.valid "${data_dir}/emotion/valid.jsonl" --ckpt_path last "${extra_args[@]}"
-        strata test "${common[@]}" --data.test "${data_dir}/emotion/test.jsonl" --ckpt_path best "${extra_args[@]}"
+        strata fit "${common[@]}" --data.train "${data_dir}/${task}/train.jsonl" \
+            --data.valid "${data_dir}/${task}/valid.jsonl" --ckpt_path last "${extra_args[@]}"
+        strata test "${common[@]}" --data.test "${data_dir}/${task}/test.jsonl" --ckpt_path best "$@" "${extra_args[@]}"
+        log "${task} with ${up}: $((SECONDS - started)) s"
     done
+}
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+    log "Stage 1: emotion recognition (speaker-disjoint splits)"
+    run_task emotion
+fi
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    log "Stage 2: speaker identification (every speaker, disjoint utterances)"
+    run_task speaker_id
+fi
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    log "Stage 3: speaker verification (held-out test speakers, trials from stage 0)"
+    require "${data_dir}/speaker_verification/trials.txt" 0
+    run_task speaker_verification --data.trials "${data_dir}/speaker_verification/trials.txt"
 fi
 
 if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then

@@ -2,10 +2,16 @@
 
     python local/make_corpus.py --out data/mini [--seed 0] [--num-speakers 24] [--utterances-per-speaker 16]
 
-Writes `<out>/wav/<id>.wav`, `<out>/all.jsonl` (id, audio, duration, speaker, gender, emotion, text) and
-`<out>/emotion/{train,valid,test}.jsonl`, whose speakers are disjoint so emotion is tested on unseen voices.
+Writes `<out>/wav/<id>.wav`, `<out>/all.jsonl` (id, audio, duration, speaker, gender, emotion, text) and, with
+the same fields and audio paths relative to their own folder (`../wav/<id>.wav`):
+- `<out>/emotion/{train,valid,test}.jsonl`, whose speakers are disjoint so emotion is tested on unseen voices;
+- `<out>/speaker_id/{train,valid,test}.jsonl`, every speaker in all three, 1/8 of each speaker's utterances
+  (at least one) in valid and 1/8 in test: closed-set identification of the voices heard in training;
+- `<out>/speaker_verification/{train,valid,test}.jsonl`, the emotion split's speakers, and `trials.txt` /
+  `valid_trials.txt`: balanced `<1|0> <enroll id> <test id>` trials among the test / valid utterances.
 The speakers are a fixed table (a speaker name is the same voice for every seed); the seed picks the sentences,
-the order of the emotions, the split and the noise, and the same seed gives the same manifests and audio bytes.
+the order of the emotions, the splits, the trials and the noise, and the same seed gives the same manifests,
+trials and audio bytes.
 """
 
 import argparse
@@ -26,10 +32,13 @@ import soundfile
 import torch
 import torchaudio
 
+from recipes.trials import make_trials, write_trials
+
 SAMPLE_RATE = 16000
 SNR_DB = 30.0
 PEAK = 0.95
 EMOTIONS = ("neu", "hap", "ang", "sad")
+TRIALS = {"valid": "valid_trials.txt", "test": "trials.txt"}  # speaker_verification/, the VoxCeleb-style lists
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,22 @@ def split_speakers(speakers: Sequence[Speaker], rng: np.random.Generator) -> dic
     }
 
 
+def split_utterances(plan: Sequence[tuple[str, Speaker, str, str]], rng: np.random.Generator) -> dict[str, list[str]]:
+    """Utterance-disjoint train / valid / test ids with every speaker in each: per speaker, 1/8 of its utterances
+    for valid and 1/8 for test (at least one each), drawn at random; with 8 utterances, 6 / 1 / 1."""
+    by_speaker: dict[str, list[str]] = {}
+    for utt_id, speaker, _, _ in plan:
+        by_speaker.setdefault(speaker.name, []).append(utt_id)
+    splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for ids in by_speaker.values():
+        held_out = max(1, len(ids) // 8)
+        order = [ids[i] for i in rng.permutation(len(ids))]
+        splits["test"] += order[:held_out]
+        splits["valid"] += order[held_out : 2 * held_out]
+        splits["train"] += order[2 * held_out :]
+    return splits
+
+
 def write_jsonl(path: Path, entries: Sequence[dict]) -> None:
     """Written under a temporary name and renamed, so a killed run never leaves half a manifest."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,12 +301,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Paths relative to the manifest's own folder, one level down.
         rows = [{**entry, "audio": f"../{entry['audio']}"} for entry in entries if entry["speaker"] in chosen]
         write_jsonl(out / "emotion" / f"{split}.jsonl", rows)
+        # Verification on the emotion split's speakers: enrolment and test voices never heard in training.
+        write_jsonl(out / "speaker_verification" / f"{split}.jsonl", rows)
+        if split in TRIALS:
+            trials = make_trials([row["id"] for row in rows], [row["speaker"] for row in rows], seed=args.seed)
+            write_trials(out / "speaker_verification" / TRIALS[split], trials)
+    # A stream of its own, so the emotion corpus does not depend on it: not `rng`, and not default_rng([seed, 1]),
+    # which is utterance 1's noise generator.
+    id_splits = split_utterances(plan, np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(1,))))
+    for split, ids in id_splits.items():
+        chosen = set(ids)
+        rows = [{**entry, "audio": f"../{entry['audio']}"} for entry in entries if entry["id"] in chosen]
+        write_jsonl(out / "speaker_id" / f"{split}.jsonl", rows)
     minutes = sum(entry["duration"] for entry in entries) / 60
     sizes = "/".join(str(len(names)) for names in splits.values())
+    id_sizes = "/".join(str(len(ids)) for ids in id_splits.values())
     print(
         f"mini corpus: {len(entries)} utterances, {minutes:.1f} min of audio, {len(speakers)} speakers "
-        f"in {time.perf_counter() - started:.1f} s -> {out}/all.jsonl, {out}/emotion/{{train,valid,test}}.jsonl "
-        f"({sizes} speakers)"
+        f"in {time.perf_counter() - started:.1f} s -> {out}/: all.jsonl, "
+        f"{{emotion,speaker_verification}}/{{train,valid,test}}.jsonl ({sizes} speakers), "
+        f"speaker_verification/{{trials,valid_trials}}.txt, speaker_id/{{train,valid,test}}.jsonl "
+        f"({id_sizes} utterances)"
     )
 
 

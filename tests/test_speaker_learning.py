@@ -1,0 +1,100 @@
+"""The speaker recipes learn on the mini corpus: identification among 48 speakers (chance 1/48) and verification of
+held-out speakers through trials, then `strata embed` of the trained extractor."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.cli import main
+from recipes.module import SSLTaskModule
+
+CONF = Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf"
+
+
+def run(task: str, corpus: Path, run_dir: Path, *test_extra: str) -> dict:
+    common = ["--config", str(CONF / f"{task}.yaml"), "--trainer.default_root_dir", str(run_dir),
+              "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    data = corpus / task
+    assert (
+        main(["fit", *common, "--data.train", str(data / "train.jsonl"), "--data.valid", str(data / "valid.jsonl")])
+        == 0
+    )
+    assert main(["test", *common, "--data.test", str(data / "test.jsonl"), *test_extra]) == 0
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_speaker_id_beats_chance_by_a_wide_margin(mini_corpus, tmp_path):
+    results = run("speaker_id", mini_corpus, tmp_path)
+    print(f"speaker_id fbank: accuracy {results['accuracy']:.3f}")
+    speakers = {json.loads(line)["speaker"] for line in open(mini_corpus / "speaker_id" / "train.jsonl")}
+    assert results["task"] == "speaker_id" and results["num_utterances"] == len(speakers)
+    assert results["accuracy"] >= 0.3  # chance is 1/48; 0.44-0.50 measured
+    config = (tmp_path / "config.yaml").read_text()
+    assert all(speaker in config for speaker in speakers)  # the classes the checkpoint was trained for
+
+
+@pytest.fixture(scope="module")
+def verification_run(mini_corpus, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("verification")
+    run("speaker_verification", mini_corpus, run_dir, "--data.trials", str(trials_path(mini_corpus)))
+    return run_dir
+
+
+def trials_path(corpus: Path) -> Path:
+    return corpus / "speaker_verification" / "trials.txt"
+
+
+def test_verification_of_held_out_speakers_has_eer_below_a_quarter(mini_corpus, verification_run):
+    results = json.loads((verification_run / "results.json").read_text())
+    print(f"speaker_verification fbank: EER {results['EER']:.3f} minDCF@0.05 {results['minDCF@0.05']:.3f}")
+    num_trials = sum(1 for _ in open(trials_path(mini_corpus)))
+    assert results["num_trials"] == num_trials
+    assert set(results) >= {"EER", "minDCF@0.05", "minDCF@0.01"}
+    assert results["EER"] < 0.25
+    assert 0.0 <= results["minDCF@0.01"] <= 1.0 + 1e-9
+    scores = (verification_run / "scores.txt").read_text().splitlines()
+    assert len(scores) == num_trials and len(scores[0].split()) == 4
+    assert (verification_run / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embed_writes_one_embedding_per_id_equal_to_the_module_s(mini_corpus, verification_run, tmp_path, capsys):
+    manifest = mini_corpus / "speaker_verification" / "test.jsonl"
+    out = tmp_path / "emb.npz"
+    ckpt = verification_run / "checkpoints" / "best.ckpt"
+    assert main(["embed", "--ckpt", str(ckpt), "--manifest", str(manifest), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    embeddings = np.load(out)
+    entries = [json.loads(line) for line in open(manifest)]
+    assert sorted(embeddings.files) == sorted(e["id"] for e in entries)
+    assert embeddings[entries[0]["id"]].shape == (192,)
+    # The same vector as the rebuilt module gives the utterance on its own.
+    from recipes.audio import read_audio
+
+    module = SSLTaskModule.from_checkpoint(ckpt)
+    wav = read_audio(manifest.parent / entries[0]["audio"], 16000)
+    with torch.no_grad():
+        alone = module.embed(wav[None], torch.tensor([wav.numel()]))[0].numpy()
+    np.testing.assert_allclose(embeddings[entries[0]["id"]], alone, atol=1e-4)
+
+
+def test_a_trial_naming_an_unknown_id_is_a_one_line_error(mini_corpus, verification_run, tmp_path, capsys):
+    bad = tmp_path / "trials.txt"
+    bad.write_text(trials_path(mini_corpus).read_text() + "1 nobody_001 nobody_002\n")
+    args = ["test", "--config", str(CONF / "speaker_verification.yaml"),
+            "--trainer.default_root_dir", str(verification_run),
+            "--data.test", str(mini_corpus / "speaker_verification" / "test.jsonl"),
+            "--data.trials", str(bad)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nobody_001" in err and "\n" not in err
+
+
+def test_verification_test_without_trials_says_which_option_is_missing(mini_corpus, verification_run, capsys):
+    args = ["test", "--config", str(CONF / "speaker_verification.yaml"),
+            "--trainer.default_root_dir", str(verification_run),
+            "--data.test", str(mini_corpus / "speaker_verification" / "test.jsonl")]  # fmt: skip
+    assert main(args) == 2
+    assert "--data.trials" in capsys.readouterr().err
