@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # jsonargparse 4.49 deprecations inside Lightning's own CLI code
 for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``", "``instantiate_classes``"]:
     warnings.filterwarnings("ignore", message=rf"\s*{re.escape(_deprecated)} was deprecated")
-warnings.filterwarnings("ignore", message=r"By default only one JsonargparseDeprecationWarning")
+warnings.filterwarnings("ignore", message=r"\s*By default only one JsonargparseDeprecationWarning")
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
