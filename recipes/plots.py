@@ -15,6 +15,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` to `path` (PNG at 150 dpi), creating its folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
+
+
 def plot_confusion(
     confusion: torch.Tensor | np.ndarray, classes: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
@@ -58,10 +66,7 @@ def plot_confusion(
     if title:
         ax.set_title(title)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
+    return save(fig, path)
 
 
 def plot_det(scores: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str = "") -> Path:
@@ -100,7 +105,4 @@ def plot_det(scores: torch.Tensor, labels: torch.Tensor, path: str | Path, title
     if title:
         ax.set_title(title)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
+    return save(fig, path)

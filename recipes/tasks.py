@@ -197,8 +197,40 @@ def speakers_from_data(
     return {**init_args, "speakers": sorted({entry["speaker"] for entry in manifest.entries})}
 
 
+class UtteranceClassificationTask(Task):
+    """One label per utterance from the manifest's `label_field`, a pooled classifier (`UtteranceClassifier`
+    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`), cross-entropy."""
+
+    label_field: ClassVar[str]
+
+    @property
+    def labels(self) -> list[str]:
+        """The classes, in the order of the logits."""
+        raise NotImplementedError
+
+    def unknown_label(self) -> str:
+        """What a label outside `labels` means and what to do about it, for the error naming its line."""
+        raise NotImplementedError
+
+    def targets(self, manifest: Manifest, split: str) -> list[int]:
+        return encode_labels(manifest, self.label_field, self.labels, self.unknown_label())
+
+    def build_head(self, input_size: int) -> nn.Module:
+        return UtteranceClassifier(
+            input_size,
+            len(self.labels),
+            projection_size=self.projection_size,
+            pooling=self.pooling,
+            hidden_sizes=self.hidden_sizes,
+            dropout=self.dropout,
+        )
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, targets)
+
+
 @register_task
-class EmotionTask(Task):
+class EmotionTask(UtteranceClassificationTask):
     """Utterance-level emotion classification (SUPERB ER): a pooled classifier over the `emotion` field.
 
     `classes` are the labels kept, in the order of the confusion matrix; a manifest label outside them is an
@@ -206,6 +238,7 @@ class EmotionTask(Task):
     """
 
     name = "emotion"
+    label_field = "emotion"
     fields = {"emotion": str}
     monitor = "UA"
 
@@ -225,27 +258,15 @@ class EmotionTask(Task):
         self.hidden_sizes = list(hidden_sizes or [])
         self.dropout = dropout
 
-    def targets(self, manifest: Manifest, split: str) -> list[int]:
-        return encode_labels(
-            manifest,
-            "emotion",
-            self.classes,
+    @property
+    def labels(self) -> list[str]:
+        return self.classes
+
+    def unknown_label(self) -> str:
+        return (
             f"is not one of {', '.join(self.classes)} "
-            "(set --model.task.classes to keep it, or drop it from the manifest)",
+            "(set --model.task.classes to keep it, or drop it from the manifest)"
         )
-
-    def build_head(self, input_size: int) -> nn.Module:
-        return UtteranceClassifier(
-            input_size,
-            len(self.classes),
-            projection_size=self.projection_size,
-            pooling=self.pooling,
-            hidden_sizes=self.hidden_sizes,
-            dropout=self.dropout,
-        )
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(outputs, targets)
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return ClassificationEvaluator(self.classes)
@@ -265,7 +286,7 @@ class AccuracyEvaluator(ClassificationEvaluator):
 
 
 @register_task
-class SpeakerIdTask(Task):
+class SpeakerIdTask(UtteranceClassificationTask):
     """Closed-set speaker identification (SUPERB SID): pooled classifier over the `speaker` field, accuracy.
 
     `speakers` are the classes; left unset, `strata fit` takes the training manifest's speakers (sorted) and a
@@ -274,6 +295,7 @@ class SpeakerIdTask(Task):
     """
 
     name = "speaker_id"
+    label_field = "speaker"
     fields = {"speaker": str}
     monitor = "accuracy"
 
@@ -313,27 +335,15 @@ class SpeakerIdTask(Task):
             )
         return self.speakers
 
-    def targets(self, manifest: Manifest, split: str) -> list[int]:
-        return encode_labels(
-            manifest,
-            "speaker",
-            self._require_speakers(),
+    @property
+    def labels(self) -> list[str]:
+        return self._require_speakers()
+
+    def unknown_label(self) -> str:
+        return (
             f"is not one of the {len(self.speakers)} training speakers (speaker_id is closed-set: every "
-            "valid and test speaker must have training utterances)",
+            "valid and test speaker must have training utterances)"
         )
-
-    def build_head(self, input_size: int) -> nn.Module:
-        return UtteranceClassifier(
-            input_size,
-            len(self._require_speakers()),
-            projection_size=self.projection_size,
-            pooling=self.pooling,
-            hidden_sizes=self.hidden_sizes,
-            dropout=self.dropout,
-        )
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(outputs, targets)
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return AccuracyEvaluator(self.speakers)
