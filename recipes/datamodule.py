@@ -56,7 +56,9 @@ class ManifestDataModule(L.LightningDataModule):
         return self
 
     def _needed(self, stage: str) -> list[str]:
-        return {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}[stage]
+        splits = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}[stage]
+        reference = self.task.test_reference_split if stage == "test" else None
+        return splits + ([reference] if reference else [])
 
     def setup(self, stage: str) -> None:
         stage = str(getattr(stage, "value", stage))  # Lightning passes a str-valued enum
@@ -143,3 +145,7 @@ class ManifestDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def reference_dataloader(self, split: str) -> DataLoader:
+        """The loader of a split the test embeds as a reference (`Task.test_reference_split`)."""
+        return self._loader(split, shuffle=False)

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from tqdm import tqdm
 
 from downstream.normalization import FeatureNorm
 from upstream import build_upstream
@@ -166,6 +167,20 @@ class SSLTaskModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start_evaluation("test")
+        reference = self.task.test_reference_split
+        if reference is not None:
+            self.evaluator.mean = self._mean_embedding(self.trainer.datamodule.reference_dataloader(reference))
+
+    def _mean_embedding(self, loader: Any) -> torch.Tensor:
+        """The mean of `embed` over a loader's utterances, over every process: a reference for scoring."""
+        total, count = None, torch.zeros((), dtype=torch.long)
+        progress = tqdm(loader, desc="reference embeddings", unit="batch", disable=not self.trainer.is_global_zero)
+        with torch.no_grad():
+            for batch in progress:
+                embeddings = self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device)).float()
+                total = embeddings.sum(0).cpu() if total is None else total + embeddings.sum(0).cpu()
+                count += embeddings.size(0)
+        return self._reduce(total) / self._reduce(count)
 
     def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "test")

@@ -123,6 +123,11 @@ class Task:
         """Train on random crops of this many seconds (shorter clips repeated to fill them), or whole clips."""
         return None
 
+    @property
+    def test_reference_split(self) -> str | None:
+        """A split the test also embeds as a reference (verification's training-set mean), or None."""
+        return None
+
     def build_head(self, input_size: int) -> nn.Module:
         """The head on `[B, T, input_size]` interface features: `head(features, lengths) -> outputs`, and
         `head.embed(features, lengths) -> [B, E]` for `strata embed`."""
@@ -364,6 +369,7 @@ class VerificationEvaluator(Evaluator):
         self.embeddings: torch.Tensor | None = None
         self.seen = torch.zeros(len(split.manifest), dtype=torch.long)
         self.scores: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None  # subtracted from every embedding before scoring, when set
 
     def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
         embeddings = outputs.embeddings.detach().float().cpu()
@@ -384,7 +390,7 @@ class VerificationEvaluator(Evaluator):
                 f"{missing.numel()} utterances named in {trials.path} were not embedded "
                 "(evaluation must cover the whole manifest: no limit_val_batches / limit_test_batches)"
             )
-        self.scores = cosine_scores(self.embeddings[trials.enroll], self.embeddings[trials.test])
+        self.scores = cosine_scores(self.embeddings[trials.enroll], self.embeddings[trials.test], mean=self.mean)
         metrics = {"EER": eer(self.scores, trials.labels)[0]}
         for p_target in self.p_targets:
             metrics[f"minDCF@{p_target:g}"] = min_dcf(self.scores, trials.labels, p_target=p_target)[0]
@@ -395,7 +401,7 @@ class VerificationEvaluator(Evaluator):
         return int((self.seen > 0).sum())
 
     def details(self) -> dict[str, Any]:
-        return {"num_trials": len(self.split.trials)}
+        return {"num_trials": len(self.split.trials), "mean_subtraction": self.mean is not None}
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from .plots import plot_det
@@ -417,6 +423,8 @@ class SpeakerVerificationTask(Task):
 
     Validation scores `--data.valid_trials`, or balanced trials drawn from the valid manifest's speakers; test
     scores `--data.trials`. `speakers` (the training classes) come from the training manifest when unset.
+    `subtract_mean` makes the test subtract the mean embedding of the training set (its crops, embedded once
+    more with the trained model; `--data.train` must be given) before cosine scoring.
     """
 
     name = "speaker_verification"
@@ -434,10 +442,12 @@ class SpeakerVerificationTask(Task):
         margin: float = 0.2,
         scale: float = 30.0,
         crop_seconds: float = 3.0,
+        subtract_mean: bool = False,
     ) -> None:
         self.speakers = list(speakers or [])
         if len(set(self.speakers)) != len(self.speakers):
             raise ValueError("speaker_verification speakers must be distinct")
+        self.subtract_mean = subtract_mean
         if crop_seconds <= 0:
             raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
         self.extractor = extractor
@@ -469,6 +479,10 @@ class SpeakerVerificationTask(Task):
     @property
     def train_crop_seconds(self) -> float:
         return self.crop_seconds
+
+    @property
+    def test_reference_split(self) -> str | None:
+        return "train" if self.subtract_mean else None
 
     def build_head(self, input_size: int) -> nn.Module:
         extractor = build_extractor(self.extractor, input_size, **self.extractor_options)

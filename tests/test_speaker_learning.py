@@ -98,3 +98,22 @@ def test_verification_test_without_trials_says_which_option_is_missing(mini_corp
             "--data.test", str(mini_corpus / "speaker_verification" / "test.jsonl")]  # fmt: skip
     assert main(args) == 2
     assert "--data.trials" in capsys.readouterr().err
+
+
+def test_mean_subtraction_scores_after_removing_the_training_set_mean(mini_corpus, verification_run, tmp_path):
+    data = mini_corpus / "speaker_verification"
+    run_dir = tmp_path / "mean"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "best.ckpt").symlink_to(verification_run / "checkpoints" / "best.ckpt")
+    args = ["test", "--config", str(CONF / "speaker_verification.yaml"), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.enable_progress_bar", "false", "--model.task.init_args.subtract_mean", "true",
+            "--data.train", str(data / "train.jsonl"), "--data.test", str(data / "test.jsonl"),
+            "--data.trials", str(trials_path(mini_corpus))]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    plain = json.loads((verification_run / "results.json").read_text())
+    assert results["mean_subtraction"] is True and plain["mean_subtraction"] is False
+    assert results["EER"] < 0.25
+    scores = [line.split()[3] for line in (run_dir / "scores.txt").read_text().splitlines()]
+    assert scores != [line.split()[3] for line in (verification_run / "scores.txt").read_text().splitlines()]
