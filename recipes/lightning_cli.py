@@ -31,6 +31,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``", "``instantiate_classes``"]:
     warnings.filterwarnings("ignore", message=rf"\s*{re.escape(_deprecated)} was deprecated")
 warnings.filterwarnings("ignore", message=r"\s*By default only one JsonargparseDeprecationWarning")
+# Testing a checkpoint from another run directory: its checkpoint callback's state does not matter to a test.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
