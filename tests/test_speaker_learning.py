@@ -2,6 +2,9 @@
 held-out speakers through trials, then `strata embed` of the trained extractor."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,25 @@ def test_mean_subtraction_scores_after_removing_the_training_set_mean(mini_corpu
     assert results["EER"] < 0.25
     scores = [line.split()[3] for line in (run_dir / "scores.txt").read_text().splitlines()]
     assert scores != [line.split()[3] for line in (verification_run / "scores.txt").read_text().splitlines()]
+
+
+def test_verification_under_ddp_gathers_every_embedding_and_scores_as_one_process(
+    mini_corpus, verification_run, tmp_path
+):
+    data = mini_corpus / "speaker_verification"
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "recipes.cli", "test", "--config", str(CONF / "speaker_verification.yaml"),
+               "--trainer.default_root_dir", str(tmp_path / "ddp"), "--trainer.enable_progress_bar", "false",
+               "--ckpt_path", str(verification_run / "checkpoints" / "best.ckpt"),
+               "--data.test", str(data / "test.jsonl"), "--data.trials", str(trials_path(mini_corpus)),
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    single = json.loads((verification_run / "results.json").read_text())
+    assert ddp["num_utterances"] == single["num_utterances"] and ddp["num_trials"] == single["num_trials"]
+    assert ddp["EER"] == pytest.approx(single["EER"], abs=1e-6)
+    ddp_scores = [float(line.split()[3]) for line in (tmp_path / "ddp" / "scores.txt").read_text().splitlines()]
+    scores = [float(line.split()[3]) for line in (verification_run / "scores.txt").read_text().splitlines()]
+    assert ddp_scores == pytest.approx(scores, abs=1e-5)
