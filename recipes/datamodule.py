@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -49,10 +52,13 @@ class ManifestDataModule(L.LightningDataModule):
         self.task: Task | None = None
         self.sample_rate = 16000
         self.min_samples = 0
+        self.frame_rate = 100.0
         self.datasets: dict[str, AudioDataset] = {}
 
-    def bind(self, task: Task, sample_rate: int, min_samples: int = 0) -> ManifestDataModule:
-        self.task, self.sample_rate, self.min_samples = task, sample_rate, min_samples
+    def bind(
+        self, task: Task, sample_rate: int, min_samples: int = 0, frame_rate: float = 100.0
+    ) -> ManifestDataModule:
+        self.task, self.sample_rate, self.min_samples, self.frame_rate = task, sample_rate, min_samples, frame_rate
         return self
 
     def _needed(self, stage: str) -> list[str]:
@@ -65,7 +71,8 @@ class ManifestDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None:
             module = trainer.lightning_module
-            self.bind(module.task, module.upstream.sample_rate, getattr(module.upstream, "min_samples", 0))
+            upstream = module.upstream
+            self.bind(module.task, upstream.sample_rate, getattr(upstream, "min_samples", 0), upstream.frame_rate)
             if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
                 raise ValueError(
                     "strata's bucketed batches shard themselves across processes; "
@@ -79,7 +86,7 @@ class ManifestDataModule(L.LightningDataModule):
                 raise ValueError(f"`strata {stage}` needs a {split} manifest: pass --data.{split} PATH")
             if split in self.datasets and str(self.datasets[split].manifest.path) == str(path):
                 continue
-            manifest = read_manifest(path, fields=self.task.fields_for(split))
+            manifest = self._usable(read_manifest(path, fields=self.task.fields_for(split)), split)
             self.datasets[split] = AudioDataset(
                 manifest,
                 self.sample_rate,
@@ -89,6 +96,27 @@ class ManifestDataModule(L.LightningDataModule):
             )
             if self.task.uses_trials and split != "train":
                 self.split_trials[split] = self._read_trials(split, manifest)
+
+    def _usable(self, manifest: Manifest, split: str) -> Manifest:
+        """`manifest` without the utterances the task drops; the dropped ones are counted once, by reason, and
+        listed in `<run dir>/dropped_<split>.txt` (`id<TAB>reason` a line)."""
+        dropped = self.task.drop(manifest, split, self.frame_rate)
+        if not dropped:
+            return manifest
+        reasons = Counter(dropped.values())
+        summary = "; ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        message = f"dropped {len(dropped)} of {len(manifest)} utterances of {manifest.path} ({summary})"
+        trainer = self.trainer
+        if trainer is not None and trainer.is_global_zero:
+            listing = Path(trainer.default_root_dir) / f"dropped_{split}.txt"
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text("".join(f"{manifest.entries[i]['id']}\t{why}\n" for i, why in sorted(dropped.items())))
+            message += f"; listed in {listing}"
+        warnings.warn(message, stacklevel=2)
+        kept = [i for i in range(len(manifest)) if i not in dropped]
+        if not kept:
+            raise ValueError(f"no usable utterances left in {manifest.path}: {summary}")
+        return Manifest(manifest.path, [manifest.entries[i] for i in kept], [manifest.lines[i] for i in kept])
 
     def _read_trials(self, split: str, manifest: Manifest) -> Trials:
         path = self.trials if split == "test" else self.valid_trials

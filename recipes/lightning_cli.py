@@ -83,7 +83,8 @@ class StrataCLI(LightningCLI):
                 "hyper_parameters", {}
             )
             checkpoint_args = (hparams.get("task") or {}).get("init_args")
-        for name, value in task.complete_config(given, config.data.get("train"), checkpoint_args).items():
+        completed = task.complete_config(given, config.data.get("train"), checkpoint_args, self.run_dir)
+        for name, value in completed.items():
             if given.get(name) != value:
                 config.model.task.init_args[name] = value
 

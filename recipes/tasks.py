@@ -99,12 +99,21 @@ class Task:
 
     @classmethod
     def complete_config(
-        cls, init_args: dict[str, Any], train: str | None, checkpoint_args: dict[str, Any] | None
+        cls,
+        init_args: dict[str, Any],
+        train: str | None,
+        checkpoint_args: dict[str, Any] | None,
+        run_dir: Path | None = None,
     ) -> dict[str, Any]:
         """Fill arguments that come from the data (e.g. the training speakers) before the task is built: from
-        the checkpoint being loaded (`checkpoint_args`, its task's init arguments) or from the `train` manifest.
-        Most tasks have none."""
+        the checkpoint being loaded (`checkpoint_args`, its task's init arguments) or from the `train` manifest;
+        files made from the data (a tokenizer) go into `run_dir`. Most tasks have none."""
         return init_args
+
+    def drop(self, manifest: Manifest, split: str, frame_rate: float) -> dict[int, str]:
+        """Utterances of a split the task cannot use (manifest index -> why), dropped with a report rather than
+        failing or poisoning the loss; `frame_rate` is the upstream's frames per second. Most tasks drop none."""
+        return {}
 
     def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
         """The manifest fields a split needs (`train`, `valid` or `test`)."""
@@ -329,7 +338,7 @@ class SpeakerIdTask(UtteranceClassificationTask):
         return self.crop_seconds
 
     @classmethod
-    def complete_config(cls, init_args, train, checkpoint_args):
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
         return speakers_from_data(init_args, train, checkpoint_args, cls.name)
 
     def _require_speakers(self) -> list[str]:
@@ -462,7 +471,7 @@ class SpeakerVerificationTask(Task):
         return {"margin": self.margin, "scale": self.scale} if self.loss_type == "aam" else {}
 
     @classmethod
-    def complete_config(cls, init_args, train, checkpoint_args):
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
         return speakers_from_data(init_args, train, checkpoint_args, cls.name)
 
     def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
