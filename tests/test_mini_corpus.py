@@ -19,7 +19,7 @@ from recipes.trials import read_trials
 SCRIPT = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_corpus.py"
 EMOTIONS = ("neu", "hap", "ang", "sad")
 SPLITS = ("train", "valid", "test")
-TASKS = ("emotion", "speaker_id", "speaker_verification")
+TASKS = ("emotion", "speaker_id", "speaker_verification", "asr")
 MANIFESTS = ["all.jsonl", *(f"{task}/{split}.jsonl" for task in TASKS for split in SPLITS)]
 TRIALS = {"valid": "speaker_verification/valid_trials.txt", "test": "speaker_verification/trials.txt"}
 SMALL = ["--num-speakers", "24", "--utterances-per-speaker", "4"]
@@ -101,10 +101,11 @@ def test_speaker_id_split_is_one_eighth_each_with_eight_utterances():
     assert splits != module.split_utterances(plan, np.random.default_rng(1))  # the generator picks them
 
 
-def test_verification_splits_are_the_emotion_speaker_split(corpus):
+def test_verification_and_asr_splits_are_the_emotion_speaker_split(corpus):
     for split in SPLITS:
-        verification = (corpus / "speaker_verification" / f"{split}.jsonl").read_bytes()
-        assert verification == (corpus / "emotion" / f"{split}.jsonl").read_bytes()
+        emotion = (corpus / "emotion" / f"{split}.jsonl").read_bytes()
+        assert (corpus / "speaker_verification" / f"{split}.jsonl").read_bytes() == emotion
+        assert (corpus / "asr" / f"{split}.jsonl").read_bytes() == emotion
 
 
 @pytest.mark.parametrize("split", ["valid", "test"])

@@ -8,7 +8,8 @@ the same fields and audio paths relative to their own folder (`../wav/<id>.wav`)
 - `<out>/speaker_id/{train,valid,test}.jsonl`, every speaker in all three, 1/8 of each speaker's utterances
   (at least one) in valid and 1/8 in test: closed-set identification of the voices heard in training;
 - `<out>/speaker_verification/{train,valid,test}.jsonl`, the emotion split's speakers, and `trials.txt` /
-  `valid_trials.txt`: balanced `<1|0> <enroll id> <test id>` trials among the test / valid utterances.
+  `valid_trials.txt`: balanced `<1|0> <enroll id> <test id>` trials among the test / valid utterances;
+- `<out>/asr/{train,valid,test}.jsonl`, the emotion split's speakers again: recognition of unseen voices.
 The speakers are a fixed table (a speaker name is the same voice for every seed); the seed picks the sentences,
 the order of the emotions, the splits, the trials and the noise, and the same seed gives the same manifests,
 trials and audio bytes.
@@ -301,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Paths relative to the manifest's own folder, one level down.
         rows = [{**entry, "audio": f"../{entry['audio']}"} for entry in entries if entry["speaker"] in chosen]
         write_jsonl(out / "emotion" / f"{split}.jsonl", rows)
-        # Verification on the emotion split's speakers: enrolment and test voices never heard in training.
+        # Verification on the emotion split's speakers: enrolment and test voices never heard in training;
+        # speech recognition too (SUPERB's test speakers are unseen).
         write_jsonl(out / "speaker_verification" / f"{split}.jsonl", rows)
+        write_jsonl(out / "asr" / f"{split}.jsonl", rows)
         if split in TRIALS:
             trials = make_trials([row["id"] for row in rows], [row["speaker"] for row in rows], seed=args.seed)
             write_trials(out / "speaker_verification" / TRIALS[split], trials)
@@ -319,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"mini corpus: {len(entries)} utterances, {minutes:.1f} min of audio, {len(speakers)} speakers "
         f"in {time.perf_counter() - started:.1f} s -> {out}/: all.jsonl, "
-        f"{{emotion,speaker_verification}}/{{train,valid,test}}.jsonl ({sizes} speakers), "
+        f"{{emotion,speaker_verification,asr}}/{{train,valid,test}}.jsonl ({sizes} speakers), "
         f"speaker_verification/{{trials,valid_trials}}.txt, speaker_id/{{train,valid,test}}.jsonl "
         f"({id_sizes} utterances)"
     )
