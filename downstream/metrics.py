@@ -3,12 +3,16 @@
 Classification: `confusion_matrix`, `weighted_accuracy` (WA), `unweighted_accuracy` (UA), `accuracy`.
 Detection (speaker verification): `eer` and `min_dcf` from trial scores and 1/0 target labels, both built on
 `operating_points`, the miss and false-alarm rates at every distinct threshold.
+Transcription (ASR): `word_errors` / `character_errors` (substitutions, deletions, insertions, hits and the
+reference length) and `wer` / `cer`, pooled over the corpus by jiwer. Text is compared as given: the caller
+normalises references and hypotheses the same way (case, punctuation) before scoring.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jiwer
 import numpy as np
 import torch
 
@@ -169,3 +173,60 @@ def min_dcf(
     cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
     best = int(np.argmin(cost))
     return float(cost[best] / min(c_miss * p_target, c_fa * (1 - p_target))), float(thresholds[best])
+
+
+def transcripts(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Checked lists of paired transcripts: as many hypotheses as references, and no reference without text.
+
+    An empty reference has no words to divide its errors by (jiwer would silently count its hypothesis as
+    insertions); utterances with an empty transcript are dropped before scoring. An empty hypothesis is fine: every
+    reference word is then a deletion.
+    """
+    for name, texts in (("references", references), ("hypotheses", hypotheses)):
+        if isinstance(texts, str):
+            raise TypeError(f"{name} must be a list of transcripts, one per utterance; got a single string")
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise ValueError("an error rate of no utterances is undefined (empty reference list)")
+    for name, texts in (("reference", references), ("hypothesis", hypotheses)):
+        odd = [i for i, text in enumerate(texts) if not isinstance(text, str)]
+        if odd:
+            raise TypeError(f"{name} at index {odd[0]} is a {type(texts[odd[0]]).__name__}, not a string")
+    empty = [i for i, text in enumerate(references) if not text.strip()]
+    if empty:
+        raise ValueError(
+            f"reference(s) at index {empty[:10]} are empty; drop utterances with an empty transcript before scoring"
+        )
+    return references, hypotheses
+
+
+def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, int]:
+    """Word-level edit counts summed over the corpus: `substitutions`, `deletions`, `insertions`, `hits` and
+    `reference_words` (= S + D + H). Words are split on whitespace. Where several minimal alignments exist
+    ("sat on the mat" vs "sit on mat here"), jiwer's Levenshtein picks one, so only S + D + I is unique."""
+    result = jiwer.process_words(*transcripts(references, hypotheses))
+    counts = {key: int(getattr(result, key)) for key in ("substitutions", "deletions", "insertions", "hits")}
+    counts["reference_words"] = counts["substitutions"] + counts["deletions"] + counts["hits"]
+    return counts
+
+
+def character_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, int]:
+    """Character-level edit counts as `word_errors`, with `reference_characters` (= S + D + H). Leading and trailing
+    whitespace is stripped; a space between words counts as a character (jiwer's CER convention)."""
+    result = jiwer.process_characters(*transcripts(references, hypotheses))
+    counts = {key: int(getattr(result, key)) for key in ("substitutions", "deletions", "insertions", "hits")}
+    counts["reference_characters"] = counts["substitutions"] + counts["deletions"] + counts["hits"]
+    return counts
+
+
+def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Word error rate, (S + D + I) / reference words, pooled over the corpus (not a mean of per-utterance rates,
+    which would weigh a one-word utterance like a long one). It exceeds 1 when insertions pile up."""
+    return float(jiwer.wer(*transcripts(references, hypotheses)))
+
+
+def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Character error rate, (S + D + I) / reference characters, pooled over the corpus like `wer`."""
+    return float(jiwer.cer(*transcripts(references, hypotheses)))

@@ -105,6 +105,25 @@ def report(args: argparse.Namespace) -> None:
         print(markdown_table(header, rows))
 
 
+def _tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, help="JSONL manifest whose `text` field is the training text")
+    parser.add_argument("--type", default="char", choices=["char", "bpe", "unigram"], help="token type (default char)")
+    parser.add_argument("--vocab-size", type=int, help="number of tokens, blank and unknown included (bpe, unigram)")
+    parser.add_argument("--normalizer", default="letters_apostrophes", help="text normalisation (default: upper-case, "
+                        "letters, apostrophes and spaces)")  # fmt: skip
+    parser.add_argument("--out", required=True, help="the sentencepiece model file to write, e.g. tok.model")
+
+
+@command("tokenizer", "train a sentencepiece tokenizer for CTC (blank = 0) on a manifest's text", _tokenizer_arguments)
+def tokenizer(args: argparse.Namespace) -> None:
+    from .tokenizer import train_from_manifest
+
+    trained = train_from_manifest(
+        args.manifest, args.out, model_type=args.type, vocab_size=args.vocab_size, normalizer=args.normalizer
+    )
+    print(f"wrote a {args.type} tokenizer of {trained.vocab_size} tokens (blank = 0) to {args.out}")
+
+
 def _embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="a checkpoint of `strata fit` (e.g. <run>/checkpoints/best.ckpt)")
     parser.add_argument("--manifest", required=True, help="JSONL manifest of the utterances to embed")

@@ -120,6 +120,8 @@ class SSLTaskModule(L.LightningModule):
 
     def embed(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """`wavs [B, S]`, `wav_lengths [B]` -> one vector per utterance `[B, E]` (the head's `embed`)."""
+        if not hasattr(self.head, "embed"):
+            raise ValueError(f"the {self.task.name} head makes no utterance embedding")
         return self.head.embed(*self.features(wavs, wav_lengths))
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:

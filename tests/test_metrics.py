@@ -1,18 +1,24 @@
 """Metrics against hand-computed values: UA weighs classes equally, WA weighs utterances equally; EER and minDCF
-of verification scores, with the crossing interpolated and tied scores kept together."""
+of verification scores, with the crossing interpolated and tied scores kept together; WER and CER pooled over the
+corpus."""
 
+import jiwer
 import numpy as np
 import pytest
 import torch
 
 from downstream.metrics import (
     accuracy,
+    cer,
+    character_errors,
     confusion_matrix,
     eer,
     min_dcf,
     operating_points,
     unweighted_accuracy,
     weighted_accuracy,
+    wer,
+    word_errors,
 )
 
 # Unbalanced references: class 0 has 6 utterances (5 right), class 1 has 3 (1 right), class 2 has 1 (wrong).
@@ -174,3 +180,77 @@ def test_bad_trials_are_errors(scores, labels, message):
 def test_bad_costs_are_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         min_dcf(SCORES, TRIAL_LABELS, **kwargs)
+
+
+def test_word_errors_of_a_hand_aligned_pair():
+    # the cat sat on the mat  /  cat sit on the mat now: "the" deleted, sat -> sit, "now" inserted; the four hits
+    # cat, on, the, mat are the longest common subsequence, so no other alignment costs 3.
+    counts = word_errors(["the cat sat on the mat"], ["cat sit on the mat now"])
+    assert counts == {"substitutions": 1, "deletions": 1, "insertions": 1, "hits": 4, "reference_words": 6}
+    assert wer(["the cat sat on the mat"], ["cat sit on the mat now"]) == 0.5
+
+
+def test_wer_is_unique_where_the_alignment_is_not():
+    # "sit on mat here" can be one substitution, one deletion and one insertion or three substitutions: 3 / 6 both.
+    counts = word_errors(["the cat sat on the mat"], ["the cat sit on mat here"])
+    assert counts["substitutions"] + counts["deletions"] + counts["insertions"] == 3
+    assert counts["reference_words"] == 6
+    assert wer(["the cat sat on the mat"], ["the cat sit on mat here"]) == 0.5
+
+
+def test_character_errors_of_a_hand_aligned_pair():
+    # "a cat" / "a bat!": c -> b and "!" inserted; the space is a character, the outer whitespace is not.
+    counts = character_errors([" a cat"], ["a bat! "])
+    assert counts == {"substitutions": 1, "deletions": 0, "insertions": 1, "hits": 4, "reference_characters": 5}
+    assert cer([" a cat"], ["a bat! "]) == pytest.approx(2 / 5)
+
+
+def test_error_rates_are_pooled_over_the_corpus_not_averaged_per_utterance():
+    references, hypotheses = ["a b c d", "e"], ["a b c d", "x"]
+    assert wer(references, hypotheses) == pytest.approx(1 / 5)  # a mean of per-utterance rates would give 0.5
+    assert cer(references, hypotheses) == pytest.approx(1 / 8)
+
+
+def test_error_rates_equal_jiwer_and_their_counts():
+    references = ["the quick brown fox", "jumps over", "the lazy dog today"]
+    hypotheses = ["the quack brown fox fox", "", "lazy dogs today"]
+    words, characters = word_errors(references, hypotheses), character_errors(references, hypotheses)
+    assert words["deletions"] >= 2  # the empty hypothesis deletes both of its reference words
+    for counts, total, rate, reference in (
+        (words, "reference_words", wer, jiwer.wer),
+        (characters, "reference_characters", cer, jiwer.cer),
+    ):
+        errors = counts["substitutions"] + counts["deletions"] + counts["insertions"]
+        assert rate(references, hypotheses) == pytest.approx(errors / counts[total])
+        assert rate(references, hypotheses) == reference(references, hypotheses)
+        assert type(rate(references, hypotheses)) is float
+    assert words["reference_words"] == 10
+    assert characters["reference_characters"] == sum(len(text) for text in references)
+
+
+def test_an_empty_hypothesis_is_all_deletions():
+    assert word_errors(["a b c"], [""]) == {
+        "substitutions": 0,
+        "deletions": 3,
+        "insertions": 0,
+        "hits": 0,
+        "reference_words": 3,
+    }
+    assert wer(["a b c"], [""]) == 1.0
+    assert cer(["ab"], [" "]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("references", "hypotheses", "error", "message"),
+    [
+        ([], [], ValueError, r"no utterances is undefined \(empty reference list\)"),
+        (["a", "", "b", "  "], ["a", "x", "b", "y"], ValueError, r"reference\(s\) at index \[1, 3\] are empty"),
+        (["a b"], ["a", "b"], ValueError, "2 hypotheses for 1 references"),
+        ("a b", "a b", TypeError, "references must be a list of transcripts"),
+        (["a b"], [None], TypeError, "hypothesis at index 0 is a NoneType, not a string"),
+    ],
+)
+def test_bad_transcripts_are_errors(references, hypotheses, error, message):
+    for metric in (wer, cer, word_errors, character_errors):
+        with pytest.raises(error, match=message):
+            metric(references, hypotheses)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
-# 3 speaker verification, 100 report.
+# 3 speaker verification, 4 speech recognition, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
@@ -65,6 +65,11 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     log "Stage 3: speaker verification (held-out test speakers, trials from stage 0)"
     require "${data_dir}/speaker_verification/trials.txt" 0
     run_task speaker_verification --data.trials "${data_dir}/speaker_verification/trials.txt"
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    log "Stage 4: speech recognition (CTC over characters, unseen test speakers)"
+    run_task asr
 fi
 
 if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then
