@@ -78,3 +78,18 @@ def test_ctc_loss_is_finite_for_an_utterance_it_cannot_align(tmp_path):
     outputs = head(torch.randn(2, 3, 4), torch.tensor([3, 2]))
     targets = task.collate_targets([tokenizer.encode("ABC"), tokenizer.encode("ABC")])  # 3 labels, 2 frames
     assert torch.isfinite(task.loss(outputs, targets))
+
+
+def test_strata_tokenizer_trains_on_a_manifest_and_says_where(tmp_path, capsys):
+    from recipes.cli import main
+
+    manifest = write_manifest(tmp_path / "m.jsonl", ["the cat", "a dog's bone"])
+    out = tmp_path / "tok.model"
+    assert main(["tokenizer", "--manifest", str(manifest), "--type", "char", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    from recipes.tokenizer import Tokenizer
+
+    assert Tokenizer(out).decode(Tokenizer(out).encode("A DOG'S CAT")) == "A DOG'S CAT"
+    assert main(["tokenizer", "--manifest", str(manifest), "--type", "bpe", "--vocab-size", "500",
+                 "--out", str(tmp_path / "big.model")]) == 2  # fmt: skip
+    assert "vocab_size=500" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""The ASR recipe end to end on mini utterances: the CTC head overfits 8 of them, the tokenizer is trained on the
+first fit and recorded, and utterances CTC cannot use are dropped with a list instead of a NaN loss."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from recipes.cli import main
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "asr.yaml")
+
+
+def test_ctc_head_overfits_eight_mini_utterances_and_drops_what_it_cannot_align(mini_corpus, tmp_path):
+    entries = [json.loads(line) for line in (mini_corpus / "asr" / "train.jsonl").read_text().splitlines()[:10]]
+    for entry in entries:
+        entry["audio"] = str(mini_corpus / "asr" / entry["audio"])
+    eight, (empty, too_long) = entries[:8], entries[8:]
+    empty["text"] = " ... "
+    too_long["text"] = " ".join([too_long["text"]] * 30)  # far more characters than the clip has frames
+    train, test = tmp_path / "train.jsonl", tmp_path / "eight.jsonl"
+    train.write_text("".join(json.dumps(e) + "\n" for e in [*eight, empty, too_long]))
+    test.write_text("".join(json.dumps(e) + "\n" for e in eight))
+    run_dir = tmp_path / "run"
+    common = ["--config", CONFIG, "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
+    overfit = ["--model.task.init_args.time_masks", "0", "--model.task.init_args.feature_masks", "0",
+               "--model.task.init_args.dropout", "0", "--trainer.max_epochs", "150",
+               "--trainer.check_val_every_n_epoch", "50", "--trainer.log_every_n_steps", "1",
+               "--data.max_batch_seconds", "10", "--model.lr", "5e-3"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"dropped 2 of 10 utterances .*\(1 empty transcript; 1 fewer frames"):
+        assert main(["fit", *common, *overfit, "--data.train", str(train), "--data.valid", str(test)]) == 0
+
+    dropped = (run_dir / "dropped_train.txt").read_text().splitlines()
+    assert dropped == [
+        f"{empty['id']}\tempty transcript",
+        f"{too_long['id']}\tfewer frames than CTC needs for the transcript",
+    ]
+    with open(next(run_dir.glob("logs/version_0/metrics.csv"))) as handle:
+        losses = [float(row["train/loss_step"]) for row in csv.DictReader(handle) if row.get("train/loss_step")]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert (run_dir / "tokenizer.model").is_file()
+    assert f"tokenizer: {run_dir / 'tokenizer.model'}" in (run_dir / "config.yaml").read_text()
+
+    assert main(["test", *common, "--data.test", str(test)]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    print(f"asr overfit: WER {results['WER']:.3f} CER {results['CER']:.3f}")
+    assert results["CER"] < 0.1 and results["num_utterances"] == 8 and results["decoder"] == "greedy"
+    assert set(results) >= {"WER", "CER", "substitutions", "deletions", "insertions"}
+    hypotheses = (run_dir / "hyp.txt").read_text().splitlines()
+    references = (run_dir / "ref.txt").read_text().splitlines()
+    assert [line.split(" ", 1)[0] for line in references] == [e["id"] for e in eight]
+    assert references[0] == f"{eight[0]['id']} {eight[0]['text']}" and len(hypotheses) == 8
