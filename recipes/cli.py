@@ -195,7 +195,8 @@ def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
+    # jsonargparse puts the class's own error on an indented line below its "Problem with ..." line.
+    return " ".join(line.strip() for line in text.splitlines())
 
 
 def main(argv: list[str] | None = None) -> int:

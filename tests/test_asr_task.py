@@ -2,6 +2,7 @@
 references normalised like the training text, and hypotheses written beside their references."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,20 @@ def test_strata_tokenizer_trains_on_a_manifest_and_says_where(tmp_path, capsys):
     assert main(["tokenizer", "--manifest", str(manifest), "--type", "bpe", "--vocab-size", "500",
                  "--out", str(tmp_path / "big.model")]) == 2  # fmt: skip
     assert "vocab_size=500" in capsys.readouterr().err
+
+
+def test_beam_search_without_its_decoder_is_a_one_line_error_before_training(
+    mini_corpus, tmp_path, capsys, monkeypatch
+):
+    from recipes.cli import main
+
+    # As if flashlight-text were missing, whether or not this machine has it.
+    monkeypatch.setitem(sys.modules, "torchaudio.models.decoder", None)
+    manifest = str(mini_corpus / "asr" / "valid.jsonl")
+    config = str(Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "asr.yaml")
+    args = ["fit", "--config", config, "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--data.train", manifest, "--data.valid", manifest, "--model.task.init_args.decoder", "beam"]  # fmt: skip
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("strata fit: error:") and "pip install flashlight-text" in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
