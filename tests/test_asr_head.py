@@ -217,3 +217,12 @@ def test_beam_search_decodes_a_hand_made_matrix_or_says_what_to_install():
 def test_bad_beam_search_settings_are_errors_with_or_without_flashlight(tokens, options, message):
     with pytest.raises(ValueError, match=message):
         BeamSearchDecoder(tokens, **options)
+
+
+def test_reverse_valid_flips_each_utterance_within_its_length_and_is_its_own_inverse():
+    from downstream.asr import reverse_valid
+
+    x = torch.arange(8.0).reshape(2, 4, 1)
+    flipped = reverse_valid(x, torch.tensor([4, 2]))
+    assert flipped[..., 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]  # padding (6, 7) stays where it was
+    torch.testing.assert_close(reverse_valid(flipped, torch.tensor([4, 2])), x)
