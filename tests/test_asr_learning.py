@@ -4,6 +4,9 @@ first fit and recorded, and utterances CTC cannot use are dropped with a list in
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,23 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "as
 
 
 def test_ctc_head_overfits_eight_mini_utterances_and_drops_what_it_cannot_align(mini_corpus, tmp_path):
+    run_dir, test = overfit(mini_corpus, tmp_path)
+    # Under DDP each process decodes half; the gathered transcripts and scores are those of one process.
+    command = [sys.executable, "-m", "recipes.cli", "test", "--config", CONFIG,
+               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "ddp"),
+               "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt"), "--data.test", str(test),
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("hyp.txt", "ref.txt"):
+        assert (tmp_path / "ddp" / name).read_text() == (run_dir / name).read_text()
+    ddp, single = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "ddp", run_dir))
+    assert ddp["WER"] == single["WER"] and ddp["CER"] == single["CER"] and ddp["num_utterances"] == 8
+
+
+def overfit(mini_corpus: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Fit and test the eight-utterance run; returns its run directory and test manifest."""
     entries = [json.loads(line) for line in (mini_corpus / "asr" / "train.jsonl").read_text().splitlines()[:10]]
     for entry in entries:
         entry["audio"] = str(mini_corpus / "asr" / entry["audio"])
@@ -52,3 +72,4 @@ def test_ctc_head_overfits_eight_mini_utterances_and_drops_what_it_cannot_align(
     references = (run_dir / "ref.txt").read_text().splitlines()
     assert [line.split(" ", 1)[0] for line in references] == [e["id"] for e in eight]
     assert references[0] == f"{eight[0]['id']} {eight[0]['text']}" and len(hypotheses) == 8
+    return run_dir, test
