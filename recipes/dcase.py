@@ -1,0 +1,159 @@
+"""DCASE 2023 Task 2 (first-shot unsupervised anomalous sound detection) file names and manifests.
+
+Development clips, `dev_data/raw/<machine>/{train,test}/`, are named
+
+    section_<SS>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<key>_<value>...].wav
+
+e.g. `section_00_target_test_anomaly_0003_m-n_W.wav`: the attributes are `key_value` pairs joined by `_`, read
+left to right (key, value, key, value ...), so a value is one token and may hold `-` or `.` but not `_`. Some
+machines have none (`section_00_source_train_normal_0000.wav`); DCASE 2024 writes that as `noAttribute`, which is
+read as no attributes too. Evaluation clips are `section_<SS>_<NNNN>.wav`: no domain, split or label, which the
+organisers publish afterwards as `ground_truth_<machine>_section_<SS>_test.csv` (`<file name>,<0|1>`, 1 anomalous).
+Their domains come in a second CSV that this module does not read: an evaluation entry has no `domain`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+import soundfile
+
+# The task fields of an ASD manifest, for `recipes.data.read_manifest`. `label` is not among them: evaluation clips
+# without ground truth have none.
+MANIFEST_FIELDS: dict[str, type] = {"machine": str, "section": str, "domain": str, "attributes": dict}
+# Evaluation clips have no domain (see the module docstring).
+EVAL_MANIFEST_FIELDS: dict[str, type] = {"machine": str, "section": str, "attributes": dict}
+
+DEV_PATTERN = re.compile(
+    r"section_(?P<section>\d+)_(?P<domain>source|target)_(?P<split>train|test)_(?P<label>normal|anomaly)"
+    r"_(?P<index>\d+)(?:_(?P<attributes>.+))?"
+)
+EVAL_PATTERN = re.compile(r"section_(?P<section>\d+)_(?P<index>\d+)")
+NO_ATTRIBUTES = "noAttribute"
+EXPECTED = (
+    "expected section_<SS>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<key>_<value>...].wav "
+    "or section_<SS>_<NNNN>.wav"
+)
+LABELS = {"0": "normal", "1": "anomaly"}
+
+
+@dataclass
+class DcaseName:
+    """The fields of a DCASE clip name; `domain`, `split` and `label` are None for an evaluation clip."""
+
+    section: str
+    domain: str | None
+    split: str | None
+    label: str | None
+    index: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def parse_dcase_name(name_or_path: str | PurePath) -> DcaseName:
+    """The fields of a DCASE clip's file name (a bare name or a path; the `.wav` extension is optional).
+
+    Raises ValueError naming the file for a name that is neither form, and for attributes that are not key/value
+    pairs (an odd number of tokens, or an empty one).
+    """
+    name = PurePath(name_or_path).name
+    stem = name[: -len(".wav")] if name.lower().endswith(".wav") else name
+    match = EVAL_PATTERN.fullmatch(stem)
+    if match:
+        return DcaseName(match["section"], None, None, None, match["index"], {})
+    match = DEV_PATTERN.fullmatch(stem)
+    if not match:
+        raise ValueError(f"{name_or_path}: not a DCASE clip name; {EXPECTED}")
+    text = match["attributes"]
+    tokens = [] if text is None or text == NO_ATTRIBUTES else text.split("_")
+    if "" in tokens:
+        raise ValueError(f"{name_or_path}: empty attribute key or value in {text!r} (a doubled or trailing '_')")
+    if len(tokens) % 2:
+        raise ValueError(
+            f"{name_or_path}: attributes {text!r} have {len(tokens)} tokens, not key_value pairs "
+            "(a value cannot contain '_')"
+        )
+    attributes = dict(zip(tokens[::2], tokens[1::2], strict=True))
+    if len(attributes) < len(tokens) // 2:
+        raise ValueError(f"{name_or_path}: attribute key repeated in {text!r}")
+    return DcaseName(match["section"], match["domain"], match["split"], match["label"], match["index"], attributes)
+
+
+def read_ground_truth(path: str | Path) -> dict[str, str]:
+    """File name -> "normal" / "anomaly" from a DCASE ground-truth CSV, `<file name>,<0|1>` one a line.
+
+    The published files have no header; a first line whose label is not 0 or 1 is taken for one and skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"ground-truth file {path} does not exist")
+    labels: dict[str, str] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            fields = [part.strip() for part in text.strip().split(",")]
+            if len(fields) != 2:
+                raise ValueError(f"{path} line {number}: expected `<file name>,<0|1>`, got {text.strip()!r}")
+            name, label = fields
+            if label not in LABELS:
+                if number == 1 and not labels:
+                    continue  # a header
+                raise ValueError(f"{path} line {number}: label {label!r} is not 0 (normal) or 1 (anomaly)")
+            labels[PurePath(name).name] = LABELS[label]
+    if not labels:
+        raise ValueError(f"ground-truth file {path} has no labels")
+    return labels
+
+
+def manifest_entries(
+    root: str | Path, machine: str, split_dir: str, ground_truth: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Manifest entries for every `*.wav` in `root/<machine>/<split_dir>/`, sorted by file name.
+
+    `root` is the folder that holds the machines (`dev_data/raw` in the DCASE layout). Each entry is
+    `{"id": "<machine>/<stem>", "audio": path, "duration": seconds, "machine", "section", "domain", "label",
+    "attributes"}`; `label` is left out where neither the name nor `ground_truth` gives one, and `domain` where the
+    name has none (evaluation clips). `ground_truth` (a DCASE ground-truth CSV) labels evaluation clips; it must
+    label each of them, name no other file, and agree with any label a name carries.
+    """
+    folder = Path(root) / machine / split_dir
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; expected the DCASE layout <root>/<machine>/{{train,test}}/")
+    paths = sorted(folder.glob("*.wav"))
+    if not paths:
+        raise ValueError(f"{folder} has no .wav files")
+    truth = read_ground_truth(ground_truth) if ground_truth is not None else {}
+    unknown = sorted(set(truth) - {path.name for path in paths})
+    if unknown:
+        raise ValueError(
+            f"{ground_truth} names {len(unknown)} file(s) that are not in {folder}, e.g. {unknown[0]} "
+            "(is it the ground truth of another machine or section?)"
+        )
+    entries = []
+    for path in paths:
+        parsed = parse_dcase_name(path)
+        label = parsed.label
+        if path.name in truth:
+            if label is not None and label != truth[path.name]:
+                raise ValueError(f"{ground_truth} labels {path.name} {truth[path.name]!r}, but its name says {label!r}")
+            label = truth[path.name]
+        elif ground_truth is not None and label is None:
+            raise ValueError(f"{ground_truth} has no label for {path}")
+        info = soundfile.info(str(path))
+        entry: dict[str, Any] = {
+            "id": f"{machine}/{path.stem}",
+            "audio": str(path),
+            "duration": info.frames / info.samplerate,
+            "machine": machine,
+            "section": parsed.section,
+        }
+        if parsed.domain is not None:
+            entry["domain"] = parsed.domain
+        if label is not None:
+            entry["label"] = label
+        entry["attributes"] = parsed.attributes
+        entries.append(entry)
+    return entries
