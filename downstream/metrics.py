@@ -6,6 +6,9 @@ Detection (speaker verification): `eer` and `min_dcf` from trial scores and 1/0 
 Transcription (ASR): `word_errors` / `character_errors` (substitutions, deletions, insertions, hits and the
 reference length) and `wer` / `cer`, pooled over the corpus by jiwer. Text is compared as given: the caller
 normalises references and hypotheses the same way (case, punctuation) before scoring.
+Anomalous sound detection (DCASE 2023 Task 2, as its official evaluator computes them): `roc_auc` (the
+Mann-Whitney statistic), `partial_auc` (McClish-standardised, as sklearn's `roc_auc_score(..., max_fpr=0.1)`),
+`harmonic_mean` and `dcase_scores`, the per-machine AUC(source), AUC(target), pAUC and the official score.
 """
 
 from __future__ import annotations
@@ -98,8 +101,18 @@ def as_trial_values(values: Scores, what: str) -> np.ndarray:
     return array
 
 
-def detection_trials(scores: Scores, labels: Scores) -> tuple[np.ndarray, np.ndarray]:
-    """float64 scores `[N]` and a boolean target mask `[N]`, checked: finite scores, 0/1 labels, both classes."""
+def detection_trials(
+    scores: Scores,
+    labels: Scores,
+    *,
+    positive: str = "target",
+    negative: str = "non-target",
+    metric: str = "EER and DCF",
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 scores `[N]` and a boolean positive mask `[N]`, checked: finite scores, 0/1 labels, both classes.
+
+    `positive` / `negative` name what labels 1 and 0 mean, and `metric` what is being computed, for the messages.
+    """
     scores, labels = as_trial_values(scores, "scores"), as_trial_values(labels, "labels")
     if scores.size != labels.size:
         raise ValueError(f"{scores.size} scores for {labels.size} labels")
@@ -111,11 +124,11 @@ def detection_trials(scores: Scores, labels: Scores) -> tuple[np.ndarray, np.nda
         )
     odd = labels[(labels != 0) & (labels != 1)]
     if odd.size:
-        raise ValueError(f"labels must be 1 (target) or 0 (non-target); got {sorted(set(odd.tolist()))[:5]}")
+        raise ValueError(f"labels must be 1 ({positive}) or 0 ({negative}); got {sorted(set(odd.tolist()))[:5]}")
     target = labels == 1
     if not target.any() or target.all():
-        missing = "target" if not target.any() else "non-target"
-        raise ValueError(f"no {missing} trials among {labels.size}: EER and DCF need both kinds")
+        missing = positive if not target.any() else negative
+        raise ValueError(f"no {missing} trials among {labels.size}: {metric} need both kinds")
     return scores, target
 
 
@@ -230,3 +243,145 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Character error rate, (S + D + I) / reference characters, pooled over the corpus like `wer`."""
     return float(jiwer.cer(*transcripts(references, hypotheses)))
+
+
+def anomaly_trials(scores: Scores, labels: Scores, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Checked float64 scores `[N]` and a boolean anomaly mask `[N]`; labels 1 = anomaly, 0 = normal."""
+    return detection_trials(scores, labels, positive="anomaly", negative="normal", metric=metric)
+
+
+def roc_auc(scores: Scores, labels: Scores) -> float:
+    """Area under the ROC curve; labels 1 = anomaly (positive), 0 = normal, a higher score is more anomalous.
+
+    The Mann-Whitney statistic: the fraction of (anomaly, normal) pairs in which the anomaly scores higher, a tie
+    counting 1/2, which is exactly the trapezoidal area under the ROC curve (sklearn's `roc_auc_score`).
+    Perfect separation gives 1.0, reversed scores 0.0, constant scores 0.5.
+    """
+    scores, anomaly = anomaly_trials(scores, labels, "AUC")
+    normal = np.sort(scores[~anomaly])
+    positives = scores[anomaly]
+    below = np.searchsorted(normal, positives, side="left")
+    tied = np.searchsorted(normal, positives, side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (positives.size * normal.size))
+
+
+def roc_curve(scores: Scores, labels: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """`(fpr, tpr)` of "anomaly if score >= t" at every distinct score, descending t, starting at (0, 0).
+
+    Tied scores move together, so a tie between an anomaly and a normal clip is a diagonal step.
+    """
+    scores, anomaly = anomaly_trials(scores, labels, "the ROC curve")
+    order = np.argsort(-scores, kind="stable")
+    scores, anomaly = scores[order], anomaly[order]
+    # The last index of each run of equal scores: the point where every clip scoring >= that value is accepted.
+    ends = np.append(np.flatnonzero(np.diff(scores)), scores.size - 1)
+    true_positives = np.cumsum(anomaly)[ends]
+    false_positives = (ends + 1) - true_positives
+    tpr = np.concatenate([[0.0], true_positives / anomaly.sum()])
+    fpr = np.concatenate([[0.0], false_positives / (~anomaly).sum()])
+    return fpr, tpr
+
+
+def trapezoid_area(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def partial_auc(scores: Scores, labels: Scores, max_fpr: float = 0.1) -> float:
+    """McClish-standardised partial AUC over false-positive rates [0, max_fpr], as DCASE reports pAUC.
+
+    Computed as sklearn's `roc_auc_score(labels, scores, max_fpr=max_fpr)` (which the DCASE evaluator calls): the
+    ROC curve is cut at max_fpr, its TPR interpolated linearly there, the trapezoidal area A up to max_fpr
+    standardised as 0.5 (1 + (A - min_area) / (max_area - min_area)) with min_area = max_fpr^2 / 2 (the chance
+    diagonal) and max_area = max_fpr (a perfect detector). So a perfect detector gives 1.0, a chance one 0.5, and
+    a fully reversed one a little under 0.5 (0.5 (1 - max_fpr / (2 - max_fpr)), 0.4737 at max_fpr 0.1), never 0.
+    max_fpr = 1 gives the plain AUC.
+    """
+    if not 0 < max_fpr <= 1:
+        raise ValueError(f"max_fpr must be in (0, 1]; got {max_fpr}")
+    fpr, tpr = roc_curve(scores, labels)
+    if max_fpr == 1:
+        return trapezoid_area(fpr, tpr)
+    stop = int(np.searchsorted(fpr, max_fpr, side="right"))  # fpr[stop - 1] <= max_fpr < fpr[stop]
+    cut_tpr = np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1])
+    area = trapezoid_area(np.append(fpr[:stop], max_fpr), np.append(tpr[:stop], cut_tpr))
+    min_area, max_area = 0.5 * max_fpr**2, max_fpr
+    return float(0.5 * (1 + (area - min_area) / (max_area - min_area)))
+
+
+def harmonic_mean(values: Scores) -> float:
+    """n / sum(1 / v), as `scipy.stats.hmean`: DCASE averages AUCs this way so one weak machine drags the score down.
+
+    A zero gives 0.0 (the limit; an AUC of 0 is a legitimate, if reversed, result); a negative or non-finite value,
+    or no values at all, is an error.
+    """
+    values = as_trial_values(values, "values")
+    if values.size == 0:
+        raise ValueError("the harmonic mean of no values is undefined")
+    if not np.isfinite(values).all() or (values < 0).any():
+        bad = values[~np.isfinite(values) | (values < 0)]
+        raise ValueError(f"the harmonic mean needs finite values >= 0; got {bad[:5].tolist()}")
+    if (values == 0).any():
+        return 0.0
+    return float(values.size / np.sum(1.0 / values))
+
+
+def dcase_scores(
+    scores: Scores,
+    labels: Scores,
+    domains: Sequence[str],
+    machines: Sequence[str],
+    sections: Sequence[str | int] | None = None,
+    max_fpr: float = 0.1,
+) -> dict[str, float]:
+    """DCASE 2023 Task 2 evaluation of anomaly scores, one clip each; labels 1 = anomaly, 0 = normal.
+
+    Per machine type and section (one section per machine when `sections` is None), as the official evaluator:
+    AUC(source) ranks the section's source-domain normal clips against all of its anomalous clips (both domains),
+    AUC(target) the target-domain normal clips against all anomalies, and pAUC (max_fpr 0.1) all of its clips.
+    Returned keys: `AUC_source/<machine>`, `AUC_target/<machine>`, `pAUC/<machine>`, each the harmonic mean over
+    the machine's sections; with `sections`, also `AUC_source/<machine>/<section>` etc. per section; and
+    `official_score`, the harmonic mean of every per-section AUC(source), AUC(target) and pAUC over all machines
+    and sections (the challenge's ranking score).
+    """
+    scores, labels = as_trial_values(scores, "scores"), as_trial_values(labels, "labels")
+    domains, machines = np.asarray(list(domains), dtype=object), np.asarray(list(machines), dtype=object)
+    per_section = sections is not None
+    sections = np.asarray([str(s) for s in sections], dtype=object) if per_section else np.full(scores.size, "")
+    for name, values in (("labels", labels), ("domains", domains), ("machines", machines), ("sections", sections)):
+        if values.size != scores.size:
+            raise ValueError(f"{values.size} {name} for {scores.size} scores")
+    if scores.size == 0:
+        raise ValueError("no clips to evaluate")
+    odd = sorted(set(domains.tolist()) - {"source", "target"})
+    if odd:
+        raise ValueError(f"domains must be 'source' or 'target'; got {odd[:5]}")
+    results: dict[str, float] = {}
+    every: list[float] = []
+    for machine in sorted(set(machines.tolist())):
+        in_machine = machines == machine
+        columns: dict[str, list[float]] = {"AUC_source": [], "AUC_target": [], "pAUC": []}
+        for section in sorted(set(sections[in_machine].tolist())):
+            clips = in_machine & (sections == section)
+            where = f"machine {machine!r}" + (f" section {section!r}" if per_section else "")
+            anomaly = clips & (labels == 1)
+            if not anomaly.any():
+                raise ValueError(f"{where} has no anomalous clips (label 1): its AUC and pAUC are undefined")
+            values = {}
+            for domain in ("source", "target"):
+                normal = clips & (labels == 0) & (domains == domain)
+                if not normal.any():
+                    raise ValueError(
+                        f"{where} has no {domain}-domain normal clips (label 0): AUC({domain}) is undefined"
+                    )
+                chosen = normal | anomaly
+                values[f"AUC_{domain}"] = roc_auc(scores[chosen], labels[chosen])
+            values["pAUC"] = partial_auc(scores[clips], labels[clips], max_fpr)
+            for key, value in values.items():
+                columns[key].append(value)
+                every.append(value)
+                if per_section:
+                    results[f"{key}/{machine}/{section}"] = value
+        for key, column in columns.items():
+            results[f"{key}/{machine}"] = harmonic_mean(column)
+    results["official_score"] = harmonic_mean(every)
+    return results

@@ -1,6 +1,6 @@
 """Metrics against hand-computed values: UA weighs classes equally, WA weighs utterances equally; EER and minDCF
 of verification scores, with the crossing interpolated and tied scores kept together; WER and CER pooled over the
-corpus."""
+corpus; AUC, McClish-standardised pAUC and the DCASE 2023 Task 2 scores."""
 
 import jiwer
 import numpy as np
@@ -12,9 +12,13 @@ from downstream.metrics import (
     cer,
     character_errors,
     confusion_matrix,
+    dcase_scores,
     eer,
+    harmonic_mean,
     min_dcf,
     operating_points,
+    partial_auc,
+    roc_auc,
     unweighted_accuracy,
     weighted_accuracy,
     wer,
@@ -254,3 +258,128 @@ def test_bad_transcripts_are_errors(references, hypotheses, error, message):
     for metric in (wer, cer, word_errors, character_errors):
         with pytest.raises(error, match=message):
             metric(references, hypotheses)
+
+
+def test_auc_is_one_for_perfect_and_zero_for_reversed_scores():
+    assert roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert roc_auc(torch.tensor([1.0, 2.0, 3.0, 4.0]), [1, 1, 0, 0]) == 0.0
+    assert partial_auc([1, 2, 3, 4], [0, 0, 1, 1]) == pytest.approx(1.0)
+    # Reversed: the area up to FPR 0.1 is 0, standardised 0.5 (1 + (0 - 0.005) / (0.1 - 0.005)) = 9/19, not 0.
+    assert partial_auc([1, 2, 3, 4], [1, 1, 0, 0]) == pytest.approx(9 / 19)
+
+
+def test_auc_counts_a_tie_as_half():
+    assert roc_auc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+    assert partial_auc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)  # the chance diagonal
+    # Anomalies 0.5, 0.9, 0.7, 0.3 against normals 0.5, 0.2, 0.1, 0.5, 0.6, 0.8: pairs won 2 + 2 * 1/2 (ties with
+    # 0.5), 6, 5 and 2 = 16 of 24.
+    scores = [0.5, 0.5, 0.2, 0.9, 0.7, 0.1, 0.5, 0.3, 0.6, 0.8]
+    labels = [1, 0, 0, 1, 1, 0, 0, 1, 0, 0]
+    assert roc_auc(scores, labels) == pytest.approx(2 / 3)
+
+
+# sklearn 1.9.1's roc_auc_score(labels, scores) and roc_auc_score(labels, scores, max_fpr=0.1) for these inputs
+# (sklearn is not a dependency; the numbers were taken once and hard-coded).
+SKLEARN_CASES = [
+    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75, 0.7368421052631579),
+    (
+        [0.5, 0.5, 0.2, 0.9, 0.7, 0.1, 0.5, 0.3, 0.6, 0.8],
+        [1, 0, 0, 1, 1, 0, 0, 1, 0, 0],
+        0.6666666666666667,
+        0.6052631578947368,
+    ),
+    (
+        [3, 1, 2, 2, 5, 4, 0, 2, 1, 3, 4, 6],
+        [0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 1],
+        0.8571428571428572,
+        0.7210526315789474,
+    ),
+]
+
+
+@pytest.mark.parametrize(("scores", "labels", "auc", "pauc"), SKLEARN_CASES)
+def test_auc_and_pauc_match_sklearn(scores, labels, auc, pauc):
+    assert roc_auc(scores, labels) == pytest.approx(auc, abs=1e-12)
+    assert partial_auc(scores, labels, max_fpr=0.1) == pytest.approx(pauc, abs=1e-12)
+
+
+def test_pauc_interpolates_the_roc_curve_at_max_fpr():
+    # ROC (fpr, tpr): (0, 0) -> (0, 1/2) at 0.8 -> (1/2, 1/2) at 0.4 -> (1/2, 1) at 0.35 -> (1, 1); the area up
+    # to FPR 0.1 is 0.1 * 1/2, standardised 0.5 (1 + (0.05 - 0.005) / 0.095) = 14/19. max_fpr 1 gives the plain AUC.
+    scores, labels = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
+    assert partial_auc(scores, labels) == pytest.approx(14 / 19)
+    assert partial_auc(scores, labels, max_fpr=1.0) == pytest.approx(roc_auc(scores, labels))
+    # Up to FPR 0.75: 1/2 * 1/2 + 1/4 * 1 = 1/2 (sklearn: 0.7333...).
+    min_area, max_area = 0.75**2 / 2, 0.75
+    assert partial_auc(scores, labels, 0.75) == pytest.approx(0.5 * (1 + (1 / 2 - min_area) / (max_area - min_area)))
+    with pytest.raises(ValueError, match=r"max_fpr must be in \(0, 1\]"):
+        partial_auc(scores, labels, max_fpr=0.0)
+
+
+def test_auc_names_anomalies_and_normals_in_its_errors():
+    with pytest.raises(ValueError, match="no anomaly trials among 2: AUC need both kinds"):
+        roc_auc([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match=r"labels must be 1 \(anomaly\) or 0 \(normal\)"):
+        roc_auc([0.1, 0.2], [0, 2])
+
+
+def test_harmonic_mean_is_dominated_by_the_smallest_value():
+    assert harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
+    assert harmonic_mean(torch.tensor([0.25, 0.25, 1.0])) == pytest.approx(3 / 9)
+    assert harmonic_mean([0.0, 1.0]) == 0.0  # scipy.stats.hmean's limit
+    with pytest.raises(ValueError, match="finite values >= 0"):
+        harmonic_mean([0.5, -0.1])
+    with pytest.raises(ValueError, match="no values"):
+        harmonic_mean([])
+
+
+# One section by hand: source normals 0.1, 0.2, 0.3; target normals 0.5, 0.6; anomalies 0.4 (source), 0.7 (target).
+FAN = {
+    "scores": [0.1, 0.2, 0.3, 0.5, 0.6, 0.4, 0.7],
+    "labels": [0, 0, 0, 0, 0, 1, 1],
+    "domains": ["source", "source", "source", "target", "target", "source", "target"],
+}
+# AUC(source): 0.1-0.3 against both anomalies = 1. AUC(target): 0.5, 0.6 against 0.4 and 0.7 = 2/4 (against the
+# target anomaly alone it would be 1). pAUC: 0.7 alone leads, tpr 1/2 up to FPR 0.2 -> 14/19 as above.
+FAN_VALUES = {"AUC_source": 1.0, "AUC_target": 0.5, "pAUC": 14 / 19}
+
+
+def test_dcase_scores_of_one_section_by_hand():
+    results = dcase_scores(**FAN, machines=["fan"] * 7)
+    assert results == pytest.approx(
+        {f"{key}/fan": value for key, value in FAN_VALUES.items()} | {"official_score": 3 / (1 + 2 + 19 / 14)}
+    )
+
+
+def test_dcase_scores_average_sections_and_machines_harmonically():
+    perfect = {"scores": [0.1, 0.2, 0.9], "labels": [0, 0, 1], "domains": ["source", "target", "target"]}
+    results = dcase_scores(
+        scores=FAN["scores"] + perfect["scores"] * 2,
+        labels=FAN["labels"] + perfect["labels"] * 2,
+        domains=FAN["domains"] + perfect["domains"] * 2,
+        machines=["valve"] * 10 + ["fan"] * 3,
+        sections=["01"] * 7 + ["00"] * 3 + [0] * 3,
+    )
+    assert results["AUC_target/valve/01"] == pytest.approx(0.5)
+    assert results["AUC_target/valve/00"] == pytest.approx(1.0)
+    assert results["AUC_source/valve"] == pytest.approx(1.0)
+    assert results["AUC_target/valve"] == pytest.approx(2 / 3)  # hmean(1, 1/2)
+    assert results["pAUC/valve"] == pytest.approx(28 / 33)  # hmean(1, 14/19)
+    assert results["pAUC/fan/0"] == results["pAUC/fan"] == pytest.approx(1.0)
+    # The nine per-section values: seven 1s (fan 0, valve 00, valve 01's AUC(source)), 1/2 and 14/19.
+    assert results["official_score"] == pytest.approx(9 / (7 + 2 + 19 / 14))
+    assert len(results) == 3 * 3 + 3 * 2 + 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": [0] * 7}, "machine 'fan' has no anomalous clips"),
+        ({"domains": ["source"] * 7}, "machine 'fan' has no target-domain normal clips"),
+        ({"domains": ["source"] * 6 + ["eval"]}, r"domains must be 'source' or 'target'; got \['eval'\]"),
+        ({"labels": [0, 1]}, "2 labels for 7 scores"),
+    ],
+)
+def test_dcase_scores_refuse_sections_missing_a_kind_of_clip(change, message):
+    with pytest.raises(ValueError, match=message):
+        dcase_scores(**(FAN | change), machines=["fan"] * 7)

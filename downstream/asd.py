@@ -1,0 +1,264 @@
+"""Anomaly scores of clip embeddings for anomalous sound detection (DCASE Task 2): `fit` on normal training
+embeddings, `score` test embeddings `[N, E]` -> `[N]`, higher = more anomalous. No training, no files.
+
+Both scorers keep the source and target domains apart, as first-shot DCASE 2023 needs: the target domain has only
+a handful of normal clips (10 per section), which a pooled model of the ~990 source clips would drown.
+- `KnnScorer`: mean cosine distance to the k nearest training embeddings, computed against each domain separately
+  and the smaller one kept (the DCASE 2023 baseline's domain-wise kNN; Wilkinghoff's k = 1 setting).
+- `KMeansScorer`: spherical k-means with 16 centres on the source embeddings plus every target embedding as its
+  own prototype; the score is the cosine distance to the nearest prototype (Wilkinghoff, DCASE 2023).
+`gamma_threshold` turns training scores into a decision threshold, as the DCASE baselines do.
+
+Embeddings may be numpy arrays or tensors; scores come back as float tensors on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import torch
+
+from .speaker import length_normalize
+
+SCORERS: dict[str, type[AnomalyScorer]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        if name in SCORERS:
+            raise ValueError(f"anomaly scorer {name!r} is registered twice")
+        SCORERS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def build_scorer(name: str, **options) -> AnomalyScorer:
+    """`options` are the scorer's constructor arguments, e.g. `build_scorer("knn", k=2)`."""
+    try:
+        cls = SCORERS[name]
+    except KeyError:
+        raise ValueError(f"unknown anomaly scorer {name!r}; choose from {sorted(SCORERS)}") from None
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for anomaly scorer {name!r}; valid options: {valid}")
+    return cls(**options)
+
+
+def as_embeddings(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    """A float `[N, E]` CPU tensor (float32 unless given float64), checked for shape and finiteness."""
+    tensor = torch.as_tensor(x).detach().cpu()
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if tensor.dim() != 2:
+        raise ValueError(f"{what} must be embeddings [N, E]; got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{what} contain non-finite values")
+    return tensor
+
+
+def cosine_distance(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Pairwise 1 - cosine similarity: `x [N, E]`, `y [M, E]` -> `[N, M]`, in [0, 2] (rounding clamped at 0)."""
+    x, y = as_embeddings(x, "x"), as_embeddings(y, "y")
+    if x.size(1) != y.size(1):
+        raise ValueError(f"embedding sizes differ: {x.size(1)} and {y.size(1)}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    similarity = length_normalize(x.to(dtype)) @ length_normalize(y.to(dtype)).T
+    return (1 - similarity).clamp_(0, 2)
+
+
+class AnomalyScorer:
+    """Fit on normal training embeddings of one section (source, and target if any); score test embeddings."""
+
+    name: str
+
+    def fit(self, source: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray | None = None) -> AnomalyScorer:
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_fitted(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if not getattr(self, "fitted", False):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(source, target) first")
+        x = as_embeddings(x, "test embeddings")
+        if x.size(1) != self.embedding_size:
+            raise ValueError(f"test embeddings have size {x.size(1)}; the scorer was fitted on {self.embedding_size}")
+        return x
+
+
+def _domains(source, target) -> dict[str, torch.Tensor]:
+    domains = {"source": as_embeddings(source, "source embeddings")}
+    if target is not None:
+        domains["target"] = as_embeddings(target, "target embeddings")
+    sizes = {name: e.size(1) for name, e in domains.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"source and target embedding sizes differ: {sizes}")
+    for name, embeddings in domains.items():
+        if embeddings.size(0) == 0:
+            raise ValueError(f"no {name} embeddings to fit on (pass target=None for none)")
+    return domains
+
+
+@register("knn")
+class KnnScorer(AnomalyScorer):
+    """Mean cosine distance to the k nearest training embeddings of each domain; the smaller of the two domains.
+
+    Taking the minimum over domains means a test clip need only look normal for one of them, so the few target
+    clips are not outvoted by the many source clips.
+    """
+
+    def __init__(self, k: int = 1) -> None:
+        if k < 1:
+            raise ValueError(f"k must be positive; got {k}")
+        self.k = k
+        self.fitted = False
+
+    def fit(self, source, target=None) -> KnnScorer:
+        domains = _domains(source, target)
+        small = {name: e.size(0) for name, e in domains.items() if e.size(0) < self.k}
+        if small:
+            raise ValueError(f"k={self.k} needs at least {self.k} embeddings per domain; got {small} (lower k)")
+        self.embeddings = {name: length_normalize(e) for name, e in domains.items()}
+        self.embedding_size = domains["source"].size(1)
+        self.fitted = True
+        return self
+
+    def score(self, x) -> torch.Tensor:
+        """`x [N, E]` -> `[N]`."""
+        x = self._check_fitted(x)
+        per_domain = [
+            cosine_distance(x, train).topk(self.k, dim=1, largest=False).values.mean(1)
+            for train in self.embeddings.values()
+        ]
+        return torch.stack(per_domain).amin(0)
+
+
+def spherical_kmeans(
+    x: torch.Tensor, num_centers: int, seed: int = 0, max_iterations: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(centres [K, E], assignment [N])` of k-means on the unit sphere: cosine similarity assigns, each centre is
+    its members' normalised mean. k-means++ initialisation from a seeded generator, so one seed gives one result.
+
+    For unit vectors the squared Euclidean distance is 2 (1 - cos), so k-means++ samples each next centre with
+    probability proportional to its cosine distance to the nearest centre chosen so far. Iterates until the
+    assignment stops changing or `max_iterations`; an emptied cluster keeps its previous centre.
+    """
+    x = length_normalize(x)
+    n = x.size(0)
+    if num_centers < 1:
+        raise ValueError(f"num_centers must be positive; got {num_centers}")
+    if n < num_centers:
+        raise ValueError(f"{num_centers} k-means centres need at least {num_centers} embeddings; got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    nearest = (1 - x @ x[chosen[0]]).clamp(min=0)
+    for _ in range(1, num_centers):
+        weights = nearest.clone()
+        weights[chosen] = 0
+        if weights.sum() <= 0:  # fewer distinct points than centres: pick among the unchosen uniformly
+            weights = torch.ones(n, dtype=x.dtype)
+            weights[chosen] = 0
+        chosen.append(int(torch.multinomial(weights.double(), 1, generator=generator)))
+        nearest = torch.minimum(nearest, (1 - x @ x[chosen[-1]]).clamp(min=0))
+    centres = x[chosen].clone()
+    assignment = torch.full((n,), -1, dtype=torch.long)
+    for _ in range(max_iterations):
+        new = (x @ centres.T).argmax(1)
+        if torch.equal(new, assignment):
+            break
+        assignment = new
+        sums = torch.zeros_like(centres).index_add_(0, assignment, x)
+        filled = torch.bincount(assignment, minlength=num_centers) > 0
+        centres[filled] = length_normalize(sums[filled])
+    return centres, assignment
+
+
+@register("kmeans")
+class KMeansScorer(AnomalyScorer):
+    """Cosine distance to the nearest prototype: `num_centers` spherical k-means centres of the source embeddings,
+    plus every target embedding as its own prototype (too few to cluster). Fewer source embeddings than centres
+    is an error: lower `num_centers`, or use `KnnScorer`, which then keeps every embedding."""
+
+    def __init__(self, num_centers: int = 16, seed: int = 0, max_iterations: int = 100) -> None:
+        if num_centers < 1 or max_iterations < 1:
+            raise ValueError(f"num_centers and max_iterations must be positive; got {num_centers}, {max_iterations}")
+        self.num_centers, self.seed, self.max_iterations = num_centers, seed, max_iterations
+        self.fitted = False
+
+    def fit(self, source, target=None) -> KMeansScorer:
+        domains = _domains(source, target)
+        self.centres, _ = spherical_kmeans(domains["source"], self.num_centers, self.seed, self.max_iterations)
+        extra = [length_normalize(domains["target"])] if "target" in domains else []
+        self.prototypes = torch.cat([self.centres, *extra])
+        self.embedding_size = domains["source"].size(1)
+        self.fitted = True
+        return self
+
+    def score(self, x) -> torch.Tensor:
+        """`x [N, E]` -> `[N]`."""
+        x = self._check_fitted(x)
+        return cosine_distance(x, self.prototypes).amin(1)
+
+
+def fit_gamma(scores: torch.Tensor | np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """Maximum-likelihood `(shape, scale)` of a gamma distribution (location fixed at 0) for positive scores.
+
+    The shape solves log(a) - digamma(a) = s with s = log(mean) - mean(log x) > 0; Minka's closed-form estimate
+    ("Estimating a Gamma distribution", 2002) starts Newton's method on it, which then converges in a few steps;
+    the scale is mean / shape. The DCASE baselines call scipy's `gamma.fit`, which also fits a location; scores
+    here are distances >= 0, so the location is fixed at 0 (scipy is not a dependency).
+    """
+    x = torch.as_tensor(scores).detach().cpu().double().flatten()
+    if x.numel() < 2:
+        raise ValueError(f"fitting a gamma distribution needs at least 2 scores; got {x.numel()}")
+    if not torch.isfinite(x).all():
+        raise ValueError("scores contain non-finite values")
+    if (x <= 0).any():
+        raise ValueError(
+            f"{int((x <= 0).sum())} of {x.numel()} scores are <= 0 (smallest {float(x.min()):.3g}); a gamma "
+            "distribution lives on positive values. Score held-out normal clips (a training clip scored against "
+            "itself by kNN gives 0), or shift the scores"
+        )
+    mean = x.mean()
+    s = float(mean.log() - x.log().mean())
+    if s <= 1e-12:
+        raise ValueError("all scores are (nearly) equal: the gamma shape is unbounded")
+    a = torch.tensor((3 - s + math.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s), dtype=torch.float64)
+    for _ in range(iterations):
+        # Newton on f(a) = log(a) - digamma(a) - s, with f'(a) = 1/a - trigamma(a).
+        step = (a.log() - torch.special.digamma(a) - s) / (1 / a - torch.special.polygamma(1, a))
+        a = (a - step).clamp(min=a / 10)
+        if abs(float(step)) <= 1e-12 * float(a):
+            break
+    return float(a), float(mean / a)
+
+
+def gamma_threshold(train_scores: torch.Tensor | np.ndarray, percentile: float = 0.9) -> float:
+    """Decision threshold: the `percentile` quantile of a gamma distribution fitted to normal training scores.
+
+    The DCASE baselines' rule (90th percentile): a test clip scoring above it is declared anomalous. torch has the
+    regularised incomplete gamma function but not its inverse, so the quantile is found by bisection on
+    `torch.special.gammainc(shape, x / scale)`.
+    """
+    if not 0 < percentile < 1:
+        raise ValueError(f"percentile must be a fraction in (0, 1), e.g. 0.9; got {percentile}")
+    shape, scale = fit_gamma(train_scores)
+    a = torch.tensor(shape, dtype=torch.float64)
+
+    def cdf(value: float) -> float:
+        return float(torch.special.gammainc(a, torch.tensor(value / scale, dtype=torch.float64)))
+
+    low, high = 0.0, shape * scale  # the mean
+    while cdf(high) < percentile:
+        low, high = high, 2 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if cdf(middle) < percentile else (low, middle)
+    return 0.5 * (low + high)
