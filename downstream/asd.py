@@ -19,7 +19,9 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
+from .pooling import build_pooling
 from .speaker import length_normalize
 
 SCORERS: dict[str, type[AnomalyScorer]] = {}
@@ -262,3 +264,22 @@ def gamma_threshold(train_scores: torch.Tensor | np.ndarray, percentile: float =
             break
         low, high = (middle, high) if cdf(middle) < percentile else (low, middle)
     return 0.5 * (low + high)
+
+
+class PooledEmbedding(nn.Module):
+    """The anomaly-detection embedding: mask-aware pooling of `features [B, T, D]` then a linear map to
+    `embedding_size` (256 by default), trained through an auxiliary classifier of machine, section and attributes.
+    With `embedding_size` 0 it is the pooled vector itself, with no parameters: the frozen-embedding baseline."""
+
+    def __init__(self, input_size: int, embedding_size: int = 256, pooling: str = "mean_std") -> None:
+        super().__init__()
+        self.pooling = build_pooling(pooling, input_size)
+        self.projection = nn.Linear(self.pooling.output_size, embedding_size) if embedding_size else None
+        self.embedding_size = embedding_size or self.pooling.output_size
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooling(features, lengths)
+        return pooled if self.projection is None else self.projection(pooled)
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self(features, lengths)

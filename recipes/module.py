@@ -171,18 +171,24 @@ class SSLTaskModule(L.LightningModule):
         self._start_evaluation("test")
         reference = self.task.test_reference_split
         if reference is not None:
-            self.evaluator.mean = self._mean_embedding(self.trainer.datamodule.reference_dataloader(reference))
+            self.evaluator.set_reference(self._embed_split(reference))
 
-    def _mean_embedding(self, loader: Any) -> torch.Tensor:
-        """The mean of `embed` over a loader's utterances, over every process: a reference for scoring."""
-        total, count = None, torch.zeros((), dtype=torch.long)
-        progress = tqdm(loader, desc="reference embeddings", unit="batch", disable=not self.trainer.is_global_zero)
+    def _embed_split(self, split: str) -> torch.Tensor:
+        """`[N, E]` embeddings of every utterance of a split (row = manifest index), over every process: what a
+        test scores against (verification's training-set mean, anomaly detection's normal training clips)."""
+        loader = self.trainer.datamodule.reference_dataloader(split)
+        table, seen = None, torch.zeros(len(loader.dataset), dtype=torch.long)
+        progress = tqdm(loader, desc=f"embedding {split}", unit="batch", disable=not self.trainer.is_global_zero)
         with torch.no_grad():
             for batch in progress:
-                embeddings = self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device)).float()
-                total = embeddings.sum(0).cpu() if total is None else total + embeddings.sum(0).cpu()
-                count += embeddings.size(0)
-        return self._reduce(total) / self._reduce(count)
+                embeddings = self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device))
+                if table is None:
+                    table = torch.zeros(len(loader.dataset), embeddings.size(1))
+                table[batch["indices"]] = embeddings.float().cpu()
+                seen[batch["indices"]] = 1
+        if int(self._reduce(seen).min()) == 0:
+            raise ValueError(f"not every {split} utterance was embedded")
+        return self._reduce(table)
 
     def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "test")

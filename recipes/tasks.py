@@ -97,6 +97,10 @@ class Evaluator:
         """Test-time files beyond results.json (plots, per-utterance outputs); returns what was written."""
         return []
 
+    def set_reference(self, embeddings: torch.Tensor) -> None:
+        """Embeddings `[N, E]` of the task's `test_reference_split`, given before the test is scored."""
+        raise NotImplementedError
+
 
 class Task:
     """One downstream problem. Subclasses keep their `__init__` arguments as attributes of the same name, so a
@@ -426,6 +430,9 @@ class VerificationEvaluator(Evaluator):
 
     def details(self) -> dict[str, Any]:
         return {"num_trials": len(self.split.trials), "mean_subtraction": self.mean is not None}
+
+    def set_reference(self, embeddings: torch.Tensor) -> None:
+        self.mean = embeddings.mean(0)
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from .plots import plot_det
