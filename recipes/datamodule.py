@@ -55,9 +55,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.frame_rate = 100.0
         self.datasets: dict[str, AudioDataset] = {}
 
-    def bind(
-        self, task: Task, sample_rate: int, min_samples: int = 0, frame_rate: float = 100.0
-    ) -> ManifestDataModule:
+    def bind(self, task: Task, sample_rate: int, min_samples: int = 0, frame_rate: float = 100.0) -> ManifestDataModule:
         self.task, self.sample_rate, self.min_samples, self.frame_rate = task, sample_rate, min_samples, frame_rate
         return self
 

@@ -69,7 +69,15 @@ class StrataCLI(LightningCLI):
             )
         self.run_dir = Path(config.trainer.default_root_dir)
         self.monitor = (f"valid/{task.monitor}", task.monitor_mode)
-        config.ckpt_path = self._resolve_checkpoint(config.get("ckpt_path"))
+        init_args = config.model.task.get("init_args")
+        if (
+            self.subcommand != "fit"
+            and config.get("ckpt_path") is None
+            and not task.trains(dict(vars(init_args or {})))
+        ):
+            config.ckpt_path = None  # nothing trained: e.g. frozen embeddings scored directly
+        else:
+            config.ckpt_path = self._resolve_checkpoint(config.get("ckpt_path"))
         self._complete_task(config, task)
 
     def _complete_task(self, config: Any, task: type) -> None:

@@ -171,7 +171,8 @@ class SSLTaskModule(L.LightningModule):
         self._start_evaluation("test")
         reference = self.task.test_reference_split
         if reference is not None:
-            self.evaluator.set_reference(self._embed_split(reference))
+            manifest = self.trainer.datamodule.datasets[reference].manifest
+            self.evaluator.set_reference(self._embed_split(reference), manifest)
 
     def _embed_split(self, split: str) -> torch.Tensor:
         """`[N, E]` embeddings of every utterance of a split (row = manifest index), over every process: what a

@@ -106,3 +106,36 @@ def plot_det(scores: torch.Tensor, labels: torch.Tensor, path: str | Path, title
         ax.set_title(title)
 
     return save(fig, path)
+
+
+def plot_roc(
+    scores: torch.Tensor, labels: Sequence[int], domains: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Save the ROC curves of anomaly `scores` (labels 1 = anomaly) per domain as a PNG: each domain's normal
+    clips against every anomalous clip, as DCASE's AUC(source) / AUC(target) rank them, with the 0.1
+    false-positive limit of the pAUC marked. Returns the path."""
+    from downstream.metrics import roc_auc, roc_curve
+
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    labels_t = torch.as_tensor(list(labels))
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for domain in ("source", "target"):
+        keep = torch.tensor([(d == domain) or (label == 1) for d, label in zip(domains, labels, strict=True)])
+        if not (keep & (labels_t == 0)).any():
+            continue
+        fpr, tpr = roc_curve(scores[keep], labels_t[keep])
+        auc = roc_auc(scores[keep], labels_t[keep])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{domain} normals vs all anomalies (AUC {100 * auc:.1f}%)")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    ax.axvline(0.1, color="C3", lw=0.8, ls="--", label="pAUC limit (FPR 0.1)")
+    ax.set_xlabel("false-positive rate (normal clips flagged)")
+    ax.set_ylabel("true-positive rate (anomalies found)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, lw=0.4, alpha=0.6)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return save(fig, path)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
-# 3 speaker verification, 4 speech recognition, 100 report.
+# 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
@@ -30,6 +30,8 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "Stage 0: generating the mini corpus with espeak-ng into ${data_dir}"
     python local/make_corpus.py --out "${data_dir}" --seed "${seed}" \
         --num-speakers "${num_speakers}" --utterances-per-speaker "${utterances_per_speaker}"
+    log "Stage 0: generating the mini machine sounds (DCASE naming) into ${data_dir}/machines"
+    python local/make_machines.py --out "${data_dir}" --seed "${seed}"
 fi
 
 # run_task TASK: fit (resuming from the last checkpoint) and test TASK with conf/TASK.yaml on data/mini/TASK/ for
@@ -70,6 +72,19 @@ fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "Stage 4: speech recognition (CTC over characters, unseen test speakers)"
     run_task asr
+fi
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    log "Stage 5: anomalous sound detection (trained embedding, then frozen pooled features)"
+    run_task asd --data.train "${data_dir}/asd/train.jsonl"
+    for up in ${upstream}; do
+        run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
+        log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"
+        strata test --config conf/asd.yaml --seed_everything "${seed}" --model.upstream.name "${up}" \
+            --model.interface.name "${interface}" --model.task.init_args.head none \
+            --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
+            --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
+    done
 fi
 
 if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then
