@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,17 @@ def read_manifest(
                 + (f" ({len(missing)} of {len(entries)} audio files are missing)" if len(missing) > 1 else "")
             )
     return manifest
+
+
+def write_jsonl(path: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a manifest, one JSON object a line, under a temporary name renamed when complete, so a killed run
+    never leaves half a manifest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
+    os.replace(partial, path)
+    return path
 
 
 def _check_values(entry: dict[str, Any], where: str) -> None:

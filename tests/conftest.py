@@ -1,10 +1,10 @@
 """Tiny models saved by the tests themselves: the same loading path as a downloaded checkpoint, offline."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from egs_scripts import load_script
 from transformers import Wav2Vec2FeatureExtractor
 
 from upstream.hf import tiny_model
@@ -46,10 +46,8 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory) -> Path:
     """The egs/mini corpus (espeak-ng speech), generated once per test session: the folder with its manifests."""
-    script = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_corpus", script)
-    make_corpus = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_corpus)
     out = tmp_path_factory.mktemp("mini") / "data"
-    make_corpus.main(["--out", str(out), "--seed", "0", "--num-speakers", "48", "--utterances-per-speaker", "8"])
+    load_script("make_corpus").main(
+        ["--out", str(out), "--seed", "0", "--num-speakers", "48", "--utterances-per-speaker", "8"]
+    )
     return out

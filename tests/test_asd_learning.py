@@ -1,11 +1,11 @@
 """Anomalous sound detection on the mini machine sounds: frozen fbank embeddings scored by kNN beat 0.7 on the
 DCASE official score, and a trained embedding runs end to end into the challenge's submission files."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from egs_scripts import load_script
 
 from recipes.cli import main
 
@@ -15,11 +15,8 @@ CONFIG = str(ROOT / "egs" / "mini" / "conf" / "asd.yaml")
 
 @pytest.fixture(scope="module")
 def machines(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_machines", ROOT / "egs" / "mini" / "local" / "make_machines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("machines")
-    module.main(["--out", str(out), "--seed", "0", "--scale", "0.5"])
+    load_script("make_machines").main(["--out", str(out), "--seed", "0", "--scale", "0.5"])
     return out / "asd"
 
 

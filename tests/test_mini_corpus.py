@@ -2,7 +2,6 @@
 disjoint speaker-id splits, balanced labels and trials, the same bytes from the same seed, and emotions that change
 the delivery the way the prosody table says."""
 
-import importlib.util
 import json
 import re
 import statistics
@@ -12,11 +11,11 @@ from types import ModuleType
 import numpy as np
 import pytest
 import soundfile
+from egs_scripts import load_script as load_egs_script
 
 from recipes.data import read_manifest
 from recipes.trials import read_trials
 
-SCRIPT = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_corpus.py"
 EMOTIONS = ("neu", "hap", "ang", "sad")
 SPLITS = ("train", "valid", "test")
 TASKS = ("emotion", "speaker_id", "speaker_verification", "asr")
@@ -26,11 +25,7 @@ SMALL = ["--num-speakers", "24", "--utterances-per-speaker", "4"]
 
 
 def load_script() -> ModuleType:
-    # egs/ is not a package: load the script by path, as conftest's mini_corpus fixture does.
-    spec = importlib.util.spec_from_file_location("make_corpus", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_egs_script("make_corpus")
 
 
 def generate(out: Path, seed: int = 0) -> Path:

@@ -2,7 +2,6 @@
 both labels in both test domains, the same bytes from the same seed, and a corpus that a simple spectral
 nearest-neighbour detector learns but does not solve."""
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -10,21 +9,17 @@ from types import ModuleType
 import numpy as np
 import pytest
 import soundfile
+from egs_scripts import load_script as load_egs_script
 
 from recipes.data import read_manifest
 from recipes.dcase import MANIFEST_FIELDS, parse_dcase_name
 
-SCRIPT = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local" / "make_machines.py"
 SMALL = ["--scale", "0.2"]  # 18 + 2 training clips and 10 + 10 test clips per domain, per machine
 MACHINES = ("fan", "pump", "gearbox")
 
 
 def load_script() -> ModuleType:
-    # egs/ is not a package: load the script by path.
-    spec = importlib.util.spec_from_file_location("make_machines", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_egs_script("make_machines")
 
 
 def generate(out: Path, seed: int = 0) -> Path:

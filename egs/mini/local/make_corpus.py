@@ -17,8 +17,6 @@ trials and audio bytes.
 
 import argparse
 import io
-import json
-import os
 import shutil
 import subprocess
 import time
@@ -33,6 +31,7 @@ import soundfile
 import torch
 import torchaudio
 
+from recipes.data import write_jsonl
 from recipes.trials import make_trials, write_trials
 
 SAMPLE_RATE = 16000
@@ -240,14 +239,6 @@ def split_utterances(plan: Sequence[tuple[str, Speaker, str, str]], rng: np.rand
         splits["valid"] += order[held_out : 2 * held_out]
         splits["train"] += order[2 * held_out :]
     return splits
-
-
-def write_jsonl(path: Path, entries: Sequence[dict]) -> None:
-    """Written under a temporary name and renamed, so a killed run never leaves half a manifest."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
-    os.replace(partial, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -34,7 +34,6 @@ log spectrum, so a nearest-neighbour distance on it to the training normals dete
 """
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from recipes.data import write_jsonl
 from recipes.dcase import manifest_entries
 
 SAMPLE_RATE = 16000
@@ -219,14 +219,6 @@ def render(clip: Clip, rng: np.random.Generator) -> np.ndarray:
     wav = wav * 0.1 * 10 ** (rng.uniform(-6, 6) / 20)
     peak = np.abs(wav).max()
     return (wav * (PEAK / peak) if peak > PEAK else wav).astype(np.float32)
-
-
-def write_jsonl(path: Path, entries: Sequence[dict]) -> None:
-    """Written under a temporary name and renamed, so a killed run never leaves half a manifest."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
-    os.replace(partial, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

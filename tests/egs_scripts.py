@@ -1,0 +1,15 @@
+"""Load an egs/ script as a module: egs/ is not a package, so its scripts are loaded by path."""
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+LOCAL = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
+
+
+def load_script(name: str) -> ModuleType:
+    """`egs/mini/local/<name>.py` as a module."""
+    spec = importlib.util.spec_from_file_location(name, LOCAL / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
