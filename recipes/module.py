@@ -16,7 +16,7 @@ from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
-from .tasks import Evaluator, Task, task_class
+from .tasks import EmbeddingTable, Evaluator, Task, task_class
 
 
 @dataclass
@@ -178,18 +178,17 @@ class SSLTaskModule(L.LightningModule):
         """`[N, E]` embeddings of every utterance of a split (row = manifest index), over every process: what a
         test scores against (verification's training-set mean, anomaly detection's normal training clips)."""
         loader = self.trainer.datamodule.reference_dataloader(split)
-        table, seen = None, torch.zeros(len(loader.dataset), dtype=torch.long)
+        table = EmbeddingTable(len(loader.dataset))
         progress = tqdm(loader, desc=f"embedding {split}", unit="batch", disable=not self.trainer.is_global_zero)
         with torch.no_grad():
             for batch in progress:
-                embeddings = self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device))
-                if table is None:
-                    table = torch.zeros(len(loader.dataset), embeddings.size(1))
-                table[batch["indices"]] = embeddings.float().cpu()
-                seen[batch["indices"]] = 1
-        if int(self._reduce(seen).min()) == 0:
+                table.add(
+                    batch["indices"], self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device))
+                )
+        table.gather(self._reduce, f"{split} utterances")
+        if table.num_filled < table.size:
             raise ValueError(f"not every {split} utterance was embedded")
-        return self._reduce(table)
+        return table.vectors
 
     def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "test")

@@ -390,6 +390,33 @@ class SpeakerIdTask(UtteranceClassificationTask):
         return AccuracyEvaluator(self.speakers)
 
 
+class EmbeddingTable:
+    """One vector per utterance at its manifest row, `vectors [N, E]`, and how often each row was filled (`seen`):
+    summing the tables of all processes gathers them under distributed evaluation."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.vectors: torch.Tensor | None = None
+        self.seen = torch.zeros(size, dtype=torch.long)
+
+    def add(self, indices: torch.Tensor, vectors: torch.Tensor) -> None:
+        vectors = vectors.detach().float().cpu()
+        if self.vectors is None:
+            self.vectors = torch.zeros(self.size, vectors.size(1))
+        self.vectors[indices] = vectors
+        self.seen[indices] += 1
+
+    def gather(self, reduce: Reduce, what: str) -> None:
+        """Sum the tables of every process; `what` names the utterances for the error when none were embedded."""
+        if self.vectors is None:
+            raise ValueError(f"no {what} were embedded")
+        self.vectors, self.seen = reduce(self.vectors), reduce(self.seen)
+
+    @property
+    def num_filled(self) -> int:
+        return int((self.seen > 0).sum())
+
+
 class VerificationEvaluator(Evaluator):
     """Embeds every utterance of the split once, then scores its trials by cosine similarity: EER, minDCF.
 
@@ -402,31 +429,25 @@ class VerificationEvaluator(Evaluator):
             raise ValueError(f"speaker verification needs trials for the {split.name} split")
         self.split = split
         self.p_targets = p_targets
-        self.embeddings: torch.Tensor | None = None
-        self.seen = torch.zeros(len(split.manifest), dtype=torch.long)
+        self.table = EmbeddingTable(len(split.manifest))
         self.scores: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # subtracted from every embedding before scoring, when set
 
     def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
-        embeddings = outputs.embeddings.detach().float().cpu()
-        if self.embeddings is None:
-            self.embeddings = torch.zeros(len(self.split.manifest), embeddings.size(1))
-        self.embeddings[batch["indices"]] = embeddings
-        self.seen[batch["indices"]] += 1
+        self.table.add(batch["indices"], outputs.embeddings)
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
-        if self.embeddings is None:
-            raise ValueError(f"no {self.split.name} utterances were embedded")
-        self.embeddings, self.seen = reduce(self.embeddings), reduce(self.seen)
+        self.table.gather(reduce, f"{self.split.name} utterances")
         trials = self.split.trials
         needed = torch.unique(torch.cat([trials.enroll, trials.test]))
-        missing = needed[self.seen[needed] == 0]
+        missing = needed[self.table.seen[needed] == 0]
         if missing.numel():
             raise ValueError(
                 f"{missing.numel()} utterances named in {trials.path} were not embedded "
                 "(evaluation must cover the whole manifest: no limit_val_batches / limit_test_batches)"
             )
-        self.scores = cosine_scores(self.embeddings[trials.enroll], self.embeddings[trials.test], mean=self.mean)
+        embeddings = self.table.vectors
+        self.scores = cosine_scores(embeddings[trials.enroll], embeddings[trials.test], mean=self.mean)
         metrics = {"EER": eer(self.scores, trials.labels)[0]}
         for p_target in self.p_targets:
             metrics[f"minDCF@{p_target:g}"] = min_dcf(self.scores, trials.labels, p_target=p_target)[0]
@@ -434,7 +455,7 @@ class VerificationEvaluator(Evaluator):
 
     @property
     def num_utterances(self) -> int:
-        return int((self.seen > 0).sum())
+        return self.table.num_filled
 
     def details(self) -> dict[str, Any]:
         return {"num_trials": len(self.split.trials), "mean_subtraction": self.mean is not None}
@@ -781,19 +802,14 @@ class AnomalyEvaluator(Evaluator):
 
     def __init__(self, task: AsdTask, split: SplitData) -> None:
         self.task, self.split = task, split
-        self.embeddings: torch.Tensor | None = None
-        self.seen = torch.zeros(len(split.manifest), dtype=torch.long)
+        self.table = EmbeddingTable(len(split.manifest))
         self.reference: torch.Tensor | None = None
         self.reference_manifest: Manifest | None = None
         self.scores = torch.zeros(len(split.manifest))
         self.thresholds: dict[tuple[str, str], float] = {}
 
     def update(self, outputs: Any, batch: dict[str, Any]) -> None:
-        embeddings = (outputs.embeddings if isinstance(outputs, SpeakerOutput) else outputs).detach().float().cpu()
-        if self.embeddings is None:
-            self.embeddings = torch.zeros(len(self.split.manifest), embeddings.size(1))
-        self.embeddings[batch["indices"]] = embeddings
-        self.seen[batch["indices"]] += 1
+        self.table.add(batch["indices"], outputs.embeddings if isinstance(outputs, SpeakerOutput) else outputs)
 
     def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
         self.reference, self.reference_manifest = embeddings, manifest
@@ -811,9 +827,9 @@ class AnomalyEvaluator(Evaluator):
         return scorer.fit(self.reference[source], self.reference[target] if target else None)
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
-        if self.embeddings is None or self.reference is None:
-            raise ValueError("anomaly scoring needs the test embeddings and the training clips' embeddings")
-        self.embeddings, self.seen = reduce(self.embeddings), reduce(self.seen)
+        if self.reference is None:
+            raise ValueError("anomaly scoring needs the training clips' embeddings")
+        self.table.gather(reduce, "test clips")
         if self.split.name != "test":
             raise ValueError("anomaly scores are computed at test only")
         train = self.reference_manifest
@@ -823,7 +839,7 @@ class AnomalyEvaluator(Evaluator):
             if key not in train_groups:
                 raise ValueError(f"no training clips of machine {key[0]} section {key[1]} in {train.path}")
             reference_rows = train_groups[key]
-            self.scores[rows] = self._fit(reference_rows, train.entries).score(self.embeddings[rows]).float()
+            self.scores[rows] = self._fit(reference_rows, train.entries).score(self.table.vectors[rows]).float()
             halves = [reference_rows[::2], reference_rows[1::2]]
             cross = [self._fit(halves[1 - h], train.entries).score(self.reference[halves[h]]) for h in (0, 1)]
             self.thresholds[key] = gamma_threshold(torch.cat(cross).clamp(min=1e-6), self.task.decision_percentile)
@@ -835,7 +851,7 @@ class AnomalyEvaluator(Evaluator):
 
     @property
     def num_utterances(self) -> int:
-        return int((self.seen > 0).sum())
+        return self.table.num_filled
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from .plots import plot_roc

@@ -1,6 +1,8 @@
-"""Load an egs/ script as a module: egs/ is not a package, so its scripts are loaded by path."""
+"""Load an egs/ script as a module (egs/ is not a package, so its scripts are loaded by path), and read what
+it writes."""
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -13,3 +15,8 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The entries of a JSONL manifest, as written (no validation, paths unresolved)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

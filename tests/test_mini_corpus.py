@@ -2,7 +2,6 @@
 disjoint speaker-id splits, balanced labels and trials, the same bytes from the same seed, and emotions that change
 the delivery the way the prosody table says."""
 
-import json
 import re
 import statistics
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 from egs_scripts import load_script as load_egs_script
+from egs_scripts import read_jsonl as lines
 
 from recipes.data import read_manifest
 from recipes.trials import read_trials
@@ -31,10 +31,6 @@ def load_script() -> ModuleType:
 def generate(out: Path, seed: int = 0) -> Path:
     load_script().main(["--out", str(out), "--seed", str(seed), *SMALL])
     return out
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 both labels in both test domains, the same bytes from the same seed, and a corpus that a simple spectral
 nearest-neighbour detector learns but does not solve."""
 
-import json
 from pathlib import Path
 from types import ModuleType
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 from egs_scripts import load_script as load_egs_script
+from egs_scripts import read_jsonl as lines
 
 from recipes.data import read_manifest
 from recipes.dcase import MANIFEST_FIELDS, parse_dcase_name
@@ -25,10 +25,6 @@ def load_script() -> ModuleType:
 def generate(out: Path, seed: int = 0) -> Path:
     load_script().main(["--out", str(out), "--seed", str(seed), *SMALL])
     return out
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
