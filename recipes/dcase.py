@@ -8,8 +8,9 @@ e.g. `section_00_target_test_anomaly_0003_m-n_W.wav`: the attributes are `key_va
 left to right (key, value, key, value ...), so a value is one token and may hold `-` or `.` but not `_`. Some
 machines have none (`section_00_source_train_normal_0000.wav`); DCASE 2024 writes that as `noAttribute`, which is
 read as no attributes too. Evaluation clips are `section_<SS>_<NNNN>.wav`: no domain, split or label, which the
-organisers publish afterwards as `ground_truth_<machine>_section_<SS>_test.csv` (`<file name>,<0|1>`, 1 anomalous).
-Their domains come in a second CSV that this module does not read: an evaluation entry has no `domain`.
+organisers publish afterwards as `ground_truth_data/ground_truth_<machine>_section_<SS>_test.csv` (`<file name>,<0|1>`,
+1 anomalous) and their domains as `ground_truth_domain/ground_truth_<machine>_section_<SS>_test.csv` (same form, 1 the
+target domain), as the official evaluator reads them. Without the domain file an evaluation entry has no `domain`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ EXPECTED = (
     "or section_<SS>_<NNNN>.wav"
 )
 LABELS = {"0": "normal", "1": "anomaly"}
+DOMAINS = {"0": "source", "1": "target"}
 
 
 @dataclass
@@ -81,15 +83,17 @@ def parse_dcase_name(name_or_path: str | PurePath) -> DcaseName:
     return DcaseName(match["section"], match["domain"], match["split"], match["label"], match["index"], attributes)
 
 
-def read_ground_truth(path: str | Path) -> dict[str, str]:
-    """File name -> "normal" / "anomaly" from a DCASE ground-truth CSV, `<file name>,<0|1>` one a line.
+def read_ground_truth(path: str | Path, values: dict[str, str] = LABELS) -> dict[str, str]:
+    """File name -> "normal" / "anomaly" from a DCASE ground-truth CSV, `<file name>,<0|1>` one a line (1 anomalous);
+    with `values=DOMAINS`, file name -> "source" / "target" from a domain CSV of the same form (1 target).
 
-    The published files have no header; a first line whose label is not 0 or 1 is taken for one and skipped.
+    The published files have no header; a first line whose value is not 0 or 1 is taken for one and skipped.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"ground-truth file {path} does not exist")
-    labels: dict[str, str] = {}
+    meaning = " / ".join(f"{code} {value}" for code, value in values.items())
+    truth: dict[str, str] = {}
     with path.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -97,27 +101,52 @@ def read_ground_truth(path: str | Path) -> dict[str, str]:
             fields = [part.strip() for part in text.strip().split(",")]
             if len(fields) != 2:
                 raise ValueError(f"{path} line {number}: expected `<file name>,<0|1>`, got {text.strip()!r}")
-            name, label = fields
-            if label not in LABELS:
-                if number == 1 and not labels:
+            name, code = fields
+            if code not in values:
+                if number == 1 and not truth:
                     continue  # a header
-                raise ValueError(f"{path} line {number}: label {label!r} is not 0 (normal) or 1 (anomaly)")
-            labels[PurePath(name).name] = LABELS[label]
-    if not labels:
-        raise ValueError(f"ground-truth file {path} has no labels")
-    return labels
+                raise ValueError(f"{path} line {number}: value {code!r} is not {meaning}")
+            truth[PurePath(name).name] = values[code]
+    if not truth:
+        raise ValueError(f"ground-truth file {path} has no entries")
+    return truth
+
+
+def _check_truth(truth: dict[str, str], path: str | Path | None, names: set[str], folder: Path) -> None:
+    unknown = sorted(set(truth) - names)
+    if unknown:
+        raise ValueError(
+            f"{path} names {len(unknown)} file(s) that are not in {folder}, e.g. {unknown[0]} "
+            "(is it the ground truth of another machine or section?)"
+        )
+
+
+def _merge(name_value: str | None, truth: dict[str, str], path: Path, csv: str | Path | None, what: str) -> str | None:
+    """The clip's label or domain: from its name, else from the ground truth, which must agree with the name."""
+    if path.name in truth:
+        if name_value is not None and name_value != truth[path.name]:
+            raise ValueError(f"{csv} gives {path.name} the {what} {truth[path.name]!r}, but its name says {name_value!r}")
+        return truth[path.name]
+    if csv is not None and name_value is None:
+        raise ValueError(f"{csv} has no {what} for {path}")
+    return name_value
 
 
 def manifest_entries(
-    root: str | Path, machine: str, split_dir: str, ground_truth: str | Path | None = None
+    root: str | Path,
+    machine: str,
+    split_dir: str,
+    ground_truth: str | Path | None = None,
+    domain_truth: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Manifest entries for every `*.wav` in `root/<machine>/<split_dir>/`, sorted by file name.
 
     `root` is the folder that holds the machines (`dev_data/raw` in the DCASE layout). Each entry is
     `{"id": "<machine>/<stem>", "audio": path, "duration": seconds, "machine", "section", "domain", "label",
     "attributes"}`; `label` is left out where neither the name nor `ground_truth` gives one, and `domain` where the
-    name has none (evaluation clips). `ground_truth` (a DCASE ground-truth CSV) labels evaluation clips; it must
-    label each of them, name no other file, and agree with any label a name carries.
+    name has none (evaluation clips). `ground_truth` (a DCASE ground-truth CSV) labels evaluation clips and
+    `domain_truth` (a ground-truth domain CSV) gives their domains; each must cover every clip without one, name no
+    other file, and agree with what a name carries.
     """
     folder = Path(root) / machine / split_dir
     if not folder.is_dir():
@@ -125,23 +154,16 @@ def manifest_entries(
     paths = sorted(folder.glob("*.wav"))
     if not paths:
         raise ValueError(f"{folder} has no .wav files")
-    truth = read_ground_truth(ground_truth) if ground_truth is not None else {}
-    unknown = sorted(set(truth) - {path.name for path in paths})
-    if unknown:
-        raise ValueError(
-            f"{ground_truth} names {len(unknown)} file(s) that are not in {folder}, e.g. {unknown[0]} "
-            "(is it the ground truth of another machine or section?)"
-        )
+    names = {path.name for path in paths}
+    labels = read_ground_truth(ground_truth) if ground_truth is not None else {}
+    domains = read_ground_truth(domain_truth, DOMAINS) if domain_truth is not None else {}
+    _check_truth(labels, ground_truth, names, folder)
+    _check_truth(domains, domain_truth, names, folder)
     entries = []
     for path in paths:
         parsed = parse_dcase_name(path)
-        label = parsed.label
-        if path.name in truth:
-            if label is not None and label != truth[path.name]:
-                raise ValueError(f"{ground_truth} labels {path.name} {truth[path.name]!r}, but its name says {label!r}")
-            label = truth[path.name]
-        elif ground_truth is not None and label is None:
-            raise ValueError(f"{ground_truth} has no label for {path}")
+        label = _merge(parsed.label, labels, path, ground_truth, "label")
+        domain = _merge(parsed.domain, domains, path, domain_truth, "domain")
         info = soundfile.info(str(path))
         entry: dict[str, Any] = {
             "id": f"{machine}/{path.stem}",
@@ -150,8 +172,8 @@ def manifest_entries(
             "machine": machine,
             "section": parsed.section,
         }
-        if parsed.domain is not None:
-            entry["domain"] = parsed.domain
+        if domain is not None:
+            entry["domain"] = domain
         if label is not None:
             entry["label"] = label
         entry["attributes"] = parsed.attributes

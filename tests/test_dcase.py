@@ -10,6 +10,7 @@ import soundfile
 
 from recipes.data import ManifestError, read_manifest
 from recipes.dcase import (
+    DOMAINS,
     EVAL_MANIFEST_FIELDS,
     MANIFEST_FIELDS,
     DcaseName,
@@ -135,12 +136,30 @@ def test_ground_truth_labels_evaluation_clips_which_have_no_domain(raw, tmp_path
     assert all("label" not in e for e in unlabelled)
 
 
+def test_domain_ground_truth_gives_evaluation_clips_their_domain(raw, tmp_path):
+    labels = tmp_path / "ground_truth_data.csv"
+    labels.write_text("section_00_0000.wav,0\nsection_00_0001.wav,1\n")
+    domains = tmp_path / "ground_truth_domain.csv"
+    domains.write_text("section_00_0000.wav,1\nsection_00_0001.wav,0\n")
+    entries = manifest_entries(raw, "ToyTank", "test", ground_truth=labels, domain_truth=domains)
+    assert [(e["label"], e["domain"]) for e in entries] == [("normal", "target"), ("anomaly", "source")]
+    path = write_jsonl(tmp_path / "eval.jsonl", entries)
+    assert len(read_manifest(path, MANIFEST_FIELDS)) == 2
+    assert read_ground_truth(domains, DOMAINS) == {"section_00_0000.wav": "target", "section_00_0001.wav": "source"}
+    domains.write_text("section_00_source_test_anomaly_0000_m-n_W.wav,1\n")
+    with pytest.raises(ValueError, match="the domain 'target', but its name says 'source'"):
+        manifest_entries(raw, "fan", "test", domain_truth=domains)
+    domains.write_text("section_00_0000.wav,1\n")
+    with pytest.raises(ValueError, match="no domain for .*section_00_0001.wav"):
+        manifest_entries(raw, "ToyTank", "test", domain_truth=domains)
+
+
 def test_read_ground_truth_skips_a_header_and_rejects_bad_lines(tmp_path):
     path = tmp_path / "gt.csv"
     path.write_text("file,anomaly\nsection_00_0000.wav,1\n\nsection_00_0001.wav, 0\n")
     assert read_ground_truth(path) == {"section_00_0000.wav": "anomaly", "section_00_0001.wav": "normal"}
     path.write_text("section_00_0000.wav,1\nsection_00_0001.wav,yes\n")
-    with pytest.raises(ValueError, match="line 2: label 'yes'"):
+    with pytest.raises(ValueError, match="line 2: value 'yes' is not 0 normal / 1 anomaly"):
         read_ground_truth(path)
     path.write_text("section_00_0000.wav 1\n")
     with pytest.raises(ValueError, match="line 1: expected"):

@@ -1,0 +1,209 @@
+"""Anomalous sound detection (DCASE 2023 Task 2 style): an embedding of normal clips, scored by nearest neighbours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from downstream.asd import PooledEmbedding, build_scorer, gamma_threshold
+from downstream.losses import build_loss
+from downstream.metrics import dcase_scores
+from downstream.speaker import SpeakerEmbeddingHead, SpeakerOutput
+
+from ..data import Manifest, ManifestError, read_manifest
+from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, register_task
+from .classification import AccuracyEvaluator
+
+
+def asd_class(entry: dict[str, Any]) -> str:
+    """The auxiliary class of a clip: machine, section and its attributes (`fan/00/vel_8`)."""
+    attributes = "_".join(f"{key}_{value}" for key, value in sorted(entry.get("attributes", {}).items()))
+    return f"{entry['machine']}/{entry['section']}/{attributes}"
+
+
+class AnomalyEvaluator(Evaluator):
+    """Scores test clips against the normal training clips of their machine and section (`scorer`, source and
+    target separately), then evaluates as the DCASE 2023 evaluator does; decisions threshold each section at the
+    90th percentile of a gamma distribution fitted to training scores (each half scored against the other)."""
+
+    def __init__(self, task: AsdTask, split: SplitData) -> None:
+        self.task, self.split = task, split
+        self.table = EmbeddingTable(len(split.manifest))
+        self.reference: torch.Tensor | None = None
+        self.reference_manifest: Manifest | None = None
+        self.scores = torch.zeros(len(split.manifest))
+        self.thresholds: dict[tuple[str, str], float] = {}
+
+    def update(self, outputs: Any, batch: dict[str, Any]) -> None:
+        self.table.add(batch["indices"], outputs.embeddings if isinstance(outputs, SpeakerOutput) else outputs)
+
+    def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
+        self.reference, self.reference_manifest = embeddings, manifest
+
+    def _sections(self, entries: list[dict[str, Any]]) -> dict[tuple[str, str], list[int]]:
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, entry in enumerate(entries):
+            groups.setdefault((entry["machine"], entry["section"]), []).append(i)
+        return groups
+
+    def _fit(self, rows: list[int], entries: list[dict[str, Any]]) -> Any:
+        source = [i for i in rows if entries[i].get("domain") != "target"]
+        target = [i for i in rows if entries[i].get("domain") == "target"]
+        scorer = build_scorer(self.task.scorer, **self.task.scorer_options)
+        return scorer.fit(self.reference[source], self.reference[target] if target else None)
+
+    def compute(self, reduce: Reduce) -> dict[str, float]:
+        if self.reference is None:
+            raise ValueError("anomaly scoring needs the training clips' embeddings")
+        self.table.gather(reduce, "test clips")
+        if self.split.name != "test":
+            raise ValueError("anomaly scores are computed at test only")
+        train = self.reference_manifest
+        train_groups = self._sections(train.entries)
+        entries = self.split.manifest.entries
+        for key, rows in self._sections(entries).items():
+            if key not in train_groups:
+                raise ValueError(f"no training clips of machine {key[0]} section {key[1]} in {train.path}")
+            reference_rows = train_groups[key]
+            self.scores[rows] = self._fit(reference_rows, train.entries).score(self.table.vectors[rows]).float()
+            halves = [reference_rows[::2], reference_rows[1::2]]
+            cross = [self._fit(halves[1 - h], train.entries).score(self.reference[halves[h]]) for h in (0, 1)]
+            self.thresholds[key] = gamma_threshold(torch.cat(cross).clamp(min=1e-6), self.task.decision_percentile)
+        labels = [1 if e["label"] == "anomaly" else 0 for e in entries]
+        return dcase_scores(
+            self.scores, labels, [e["domain"] for e in entries], [e["machine"] for e in entries],
+            [e["section"] for e in entries],
+        )  # fmt: skip
+
+    @property
+    def num_utterances(self) -> int:
+        return self.table.num_filled
+
+    def write(self, run_dir: Path, title: str) -> list[Path]:
+        from ..plots import plot_roc
+
+        entries, written = self.split.manifest.entries, []
+        for (machine, section), rows in self._sections(entries).items():
+            names = [Path(entries[i]["audio"]).name for i in rows]
+            scores = self.scores[rows].tolist()
+            threshold = self.thresholds[(machine, section)]
+            for kind, values in (("anomaly_score", [f"{s:.6f}" for s in scores]),
+                                 ("decision_result", [str(int(s > threshold)) for s in scores])):  # fmt: skip
+                path = run_dir / f"{kind}_{machine}_section_{section}_test.csv"
+                path.write_text("".join(f"{n},{v}\n" for n, v in zip(names, values, strict=True)))
+                written.append(path)
+        for machine in sorted({e["machine"] for e in entries}):
+            rows = [i for i, e in enumerate(entries) if e["machine"] == machine]
+            labels = [1 if entries[i]["label"] == "anomaly" else 0 for i in rows]
+            domains = [entries[i]["domain"] for i in rows]
+            path = run_dir / f"roc_{machine}.png"
+            written.append(plot_roc(self.scores[rows], labels, domains, path, title=f"{title}: {machine}"))
+        return written
+
+
+@register_task
+class AsdTask(Task):
+    """First-shot unsupervised anomalous sound detection (DCASE 2023 Task 2 style) on SSL features.
+
+    `head: embedding` trains a pooled 256-d embedding on normal training clips through an auxiliary AAM
+    classifier of machine + section + attributes (`classes`, from the training manifest when unset); `head: none`
+    is the frozen-embedding baseline (the pooled interface features, no training: `strata test` needs no
+    checkpoint). At test the training clips are embedded and each test clip is scored against those of its
+    machine and section by `scorer` (knn: cosine distance to the nearest source and target clips, the smaller;
+    kmeans: 16 source centres plus every target clip). Validation reports the auxiliary accuracy on normal clips.
+    """
+
+    name = "asd"
+    fields = {"machine": str, "section": str, "attributes": dict}
+    monitor = "accuracy"
+
+    def __init__(
+        self,
+        classes: list[str] | None = None,
+        head: str = "embedding",
+        embedding_size: int = 256,
+        pooling: str = "mean_std",
+        loss_type: str = "aam",
+        margin: float = 0.2,
+        scale: float = 30.0,
+        scorer: str = "knn",
+        scorer_options: dict[str, Any] | None = None,
+        decision_percentile: float = 0.9,
+    ) -> None:
+        if head not in ("embedding", "none"):
+            raise ValueError(f"head must be embedding or none (the frozen-embedding baseline), got {head!r}")
+        self.classes = list(classes or [])
+        self.head, self.embedding_size, self.pooling = head, embedding_size, pooling
+        self.loss_type, self.margin, self.scale = loss_type, margin, scale
+        self.scorer, self.scorer_options = scorer, dict(scorer_options or {})
+        build_scorer(scorer, **self.scorer_options)  # an unknown scorer or option fails now
+        self.decision_percentile = decision_percentile
+        self._criterion: nn.Module | None = None
+
+    @classmethod
+    def trains(cls, init_args: dict[str, Any]) -> bool:
+        return init_args.get("head", "embedding") != "none"
+
+    @classmethod
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
+        if init_args.get("classes") or not cls.trains(init_args):
+            return init_args
+        if checkpoint_args and checkpoint_args.get("classes"):
+            return {**init_args, "classes": list(checkpoint_args["classes"])}
+        if train is None:
+            raise ValueError("asd needs the training clips' classes: pass --data.train or a checkpoint")
+        manifest = read_manifest(train, fields=cls.fields, check_audio=False)
+        normal = [e for e in manifest.entries if e.get("label", "normal") == "normal"]
+        return {**init_args, "classes": sorted({asd_class(e) for e in normal})}
+
+    def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
+        extra = {"domain": str, "label": str} if split == "test" else {"domain": str}
+        return {**self.fields, **extra}
+
+    def drop(self, manifest: Manifest, split: str, frame_rate: float) -> dict[int, str]:
+        if split == "test":
+            return {}
+        # Unsupervised: only normal clips train the embedding and form the scorer's reference.
+        return {i: "anomalous clip" for i, e in enumerate(manifest.entries) if e.get("label") == "anomaly"}
+
+    def targets(self, manifest: Manifest, split: str) -> list[int] | None:
+        if split == "test" or self.head == "none":
+            return None
+        index = {label: i for i, label in enumerate(self.classes)}
+        targets = []
+        for i, entry in enumerate(manifest.entries):
+            label = asd_class(entry)
+            if label not in index:
+                raise ManifestError(f"{manifest.where(i)}: class {label!r} has no training clips")
+            targets.append(index[label])
+        return targets
+
+    @property
+    def test_reference_split(self) -> str:
+        return "train"
+
+    def build_head(self, input_size: int) -> nn.Module:
+        if self.head == "none":
+            return PooledEmbedding(input_size, embedding_size=0, pooling=self.pooling)
+        extractor = PooledEmbedding(input_size, self.embedding_size, self.pooling)
+        options = {"margin": self.margin, "scale": self.scale} if self.loss_type == "aam" else {}
+        classifier, self._criterion = build_loss(self.loss_type, extractor.embedding_size, len(self.classes), **options)
+        return SpeakerEmbeddingHead(extractor, classifier)
+
+    def loss(self, outputs: SpeakerOutput, targets: torch.Tensor) -> torch.Tensor:
+        return self._criterion(outputs.logits, targets)
+
+    def evaluator(self, split: SplitData) -> Evaluator:
+        if split.name == "test":
+            return AnomalyEvaluator(self, split)
+        return AuxiliaryAccuracyEvaluator(self.classes)
+
+
+class AuxiliaryAccuracyEvaluator(AccuracyEvaluator):
+    """Validation of the anomaly embedding: how well it tells machine, section and attributes apart."""
+
+    def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
+        super().update(outputs.logits, batch)

@@ -1,0 +1,240 @@
+"""The task interface: what differs between downstream problems (labels, head, loss, metrics, test outputs), so
+that one LightningModule serves them all; the registry, and helpers the tasks share."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data import Manifest, ManifestError, read_manifest
+from ..trials import Trials
+
+# Sums a tensor over processes under distributed evaluation; the identity on one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def build_task(name: str, **options: Any) -> Task:
+    try:
+        cls = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}") from None
+    return cls(**options)
+
+
+@dataclass
+class SplitData:
+    """What an evaluator may need to know about the split it scores: its manifest, and for verification the
+    trials (pairs of manifest indices)."""
+
+    name: str
+    manifest: Manifest
+    trials: Trials | None = None
+
+
+def public_class_path(cls: type) -> str:
+    """`recipes.tasks.<Name>` for a task the package exports (the path configs and checkpoints keep, whichever
+    module defines it), else the defining module's path."""
+    package = importlib.import_module(__package__)
+    if getattr(package, cls.__qualname__, None) is cls:
+        return f"{__package__}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def task_class(class_path: str) -> type[Task]:
+    """The task class a config names (`recipes.tasks.EmotionTask`)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"unknown task class {class_path!r} (see recipes.tasks.TASKS)") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"{class_path!r} is not a recipes.tasks.Task")
+    return cls
+
+
+class Evaluator:
+    """Accumulates what a metric needs over an evaluation epoch and turns it into numbers at the end."""
+
+    def update(self, outputs: Any, batch: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def compute(self, reduce: Reduce) -> dict[str, float]:
+        """Metric name -> value over everything seen, summed over processes by `reduce`."""
+        raise NotImplementedError
+
+    @property
+    def num_utterances(self) -> int:
+        raise NotImplementedError
+
+    def details(self) -> dict[str, Any]:
+        """Counts and settings for results.json beside the metrics (e.g. the number of trials); not logged."""
+        return {}
+
+    def write(self, run_dir: Path, title: str) -> list[Path]:
+        """Test-time files beyond results.json (plots, per-utterance outputs); returns what was written."""
+        return []
+
+    def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
+        """Embeddings `[N, E]` of the task's `test_reference_split` (rows = `manifest` entries), given before the
+        test is scored."""
+        raise NotImplementedError
+
+
+class Task:
+    """One downstream problem. Subclasses keep their `__init__` arguments as attributes of the same name, so a
+    task can be written back into a config (`config()`)."""
+
+    name: ClassVar[str]
+    fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}  # manifest fields the task reads, and their types
+    monitor: ClassVar[str]  # the validation metric that picks the best checkpoint
+    monitor_mode: ClassVar[str] = "max"
+    uses_trials: ClassVar[bool] = False  # test scores pairs of utterances (`--data.trials`)
+    # init argument -> attribute holding it, where they differ
+    config_attributes: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def complete_config(
+        cls,
+        init_args: dict[str, Any],
+        train: str | None,
+        checkpoint_args: dict[str, Any] | None,
+        run_dir: Path | None = None,
+    ) -> dict[str, Any]:
+        """Fill arguments that come from the data (e.g. the training speakers) before the task is built: from
+        the checkpoint being loaded (`checkpoint_args`, its task's init arguments) or from the `train` manifest;
+        files made from the data (a tokenizer) go into `run_dir`. Most tasks have none."""
+        return init_args
+
+    def drop(self, manifest: Manifest, split: str, frame_rate: float) -> dict[int, str]:
+        """Utterances of a split the task cannot use (manifest index -> why), dropped with a report rather than
+        failing or poisoning the loss; `frame_rate` is the upstream's frames per second. Most tasks drop none."""
+        return {}
+
+    @classmethod
+    def trains(cls, init_args: dict[str, Any]) -> bool:
+        """Whether the task has a head to train; one that does not is tested without a checkpoint."""
+        return True
+
+    def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
+        """The manifest fields a split needs (`train`, `valid` or `test`)."""
+        return self.fields
+
+    def targets(self, manifest: Manifest, split: str) -> list[Any] | None:
+        """Encode each utterance's label (None when the split is scored without them, as verification trials
+        are); unknown labels raise `ManifestError` naming the line."""
+        raise NotImplementedError
+
+    def collate_targets(self, targets: list[Any]) -> Any:
+        return torch.tensor(targets)
+
+    @property
+    def train_crop_seconds(self) -> float | None:
+        """Train on random crops of this many seconds (shorter clips repeated to fill them), or whole clips."""
+        return None
+
+    @property
+    def test_reference_split(self) -> str | None:
+        """A split the test also embeds as a reference (verification's training-set mean), or None."""
+        return None
+
+    def build_head(self, input_size: int) -> nn.Module:
+        """The head on `[B, T, input_size]` interface features: `head(features, lengths) -> outputs`, and
+        `head.embed(features, lengths) -> [B, E]` for `strata embed`."""
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluator(self, split: SplitData) -> Evaluator:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The task as LightningCLI writes it: class path and init arguments."""
+        parameters = inspect.signature(type(self).__init__).parameters
+        init_args = {
+            name: getattr(self, self.config_attributes.get(name, name)) for name in parameters if name != "self"
+        }
+        return {"class_path": public_class_path(type(self)), "init_args": init_args}
+
+
+def encode_labels(manifest: Manifest, field: str, classes: list[str], unknown: str) -> list[int]:
+    """`manifest`'s `field` as indices into `classes`; a label outside them raises `ManifestError` with `unknown`
+    (what to do about it) after the line it is on."""
+    index = {label: i for i, label in enumerate(classes)}
+    targets = []
+    for i, entry in enumerate(manifest.entries):
+        label = entry[field]
+        if label not in index:
+            raise ManifestError(f"{field} label {label!r} in {manifest.where(i)} {unknown}")
+        targets.append(index[label])
+    return targets
+
+
+def speakers_from_data(
+    init_args: dict[str, Any], train: str | None, checkpoint_args: dict[str, Any] | None, task: str
+) -> dict[str, Any]:
+    """`init_args` with `speakers` filled: from the checkpoint when one is loaded (the classes its weights were
+    trained for), else the sorted speakers of the training manifest."""
+    if init_args.get("speakers"):
+        return init_args
+    if checkpoint_args and checkpoint_args.get("speakers"):
+        return {**init_args, "speakers": list(checkpoint_args["speakers"])}
+    if train is None:
+        raise ValueError(
+            f"{task} needs the training speakers: pass --data.train (the manifest it trains on), "
+            "a checkpoint trained with them (--ckpt_path), or --model.task.speakers"
+        )
+    manifest = read_manifest(train, fields={"speaker": str}, check_audio=False)
+    return {**init_args, "speakers": sorted({entry["speaker"] for entry in manifest.entries})}
+
+
+class EmbeddingTable:
+    """One vector per utterance at its manifest row, `vectors [N, E]`, and how often each row was filled (`seen`):
+    summing the tables of all processes gathers them under distributed evaluation."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.vectors: torch.Tensor | None = None
+        self.seen = torch.zeros(size, dtype=torch.long)
+
+    def add(self, indices: torch.Tensor, vectors: torch.Tensor) -> None:
+        vectors = vectors.detach().float().cpu()
+        if self.vectors is None:
+            self.vectors = torch.zeros(self.size, vectors.size(1))
+        self.vectors[indices] = vectors
+        self.seen[indices] += 1
+
+    def gather(self, reduce: Reduce, what: str) -> None:
+        """Sum the tables of every process; `what` names the utterances for the error when none were embedded."""
+        if self.vectors is None:
+            raise ValueError(f"no {what} were embedded")
+        self.vectors, self.seen = reduce(self.vectors), reduce(self.seen)
+
+    @property
+    def num_filled(self) -> int:
+        return int((self.seen > 0).sum())
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """`value` from every process (in rank order) under distributed evaluation; `[value]` on one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered

@@ -1,0 +1,192 @@
+"""Utterance classification: emotion recognition (UA / WA) and speaker identification (accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from downstream.classifier import UtteranceClassifier
+from downstream.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+
+from ..data import Manifest
+from .base import Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
+
+
+class ClassificationEvaluator(Evaluator):
+    """Confusion matrix over an epoch -> UA (mean per-class recall) and WA (accuracy); plots it at test time."""
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = classes
+        self.confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+
+    def update(self, outputs: torch.Tensor, batch: dict[str, Any]) -> None:
+        predictions = outputs.argmax(dim=-1).cpu()
+        self.confusion += confusion_matrix(predictions, batch["targets"].cpu(), len(self.classes))
+
+    def compute(self, reduce: Reduce) -> dict[str, float]:
+        self.confusion = reduce(self.confusion)
+        return {"UA": unweighted_accuracy(self.confusion), "WA": weighted_accuracy(self.confusion)}
+
+    @property
+    def num_utterances(self) -> int:
+        return int(self.confusion.sum())
+
+    def write(self, run_dir: Path, title: str) -> list[Path]:
+        from ..plots import plot_confusion
+
+        return [plot_confusion(self.confusion, self.classes, run_dir / "confusion.png", title=title)]
+
+
+class UtteranceClassificationTask(Task):
+    """One label per utterance from the manifest's `label_field`, a pooled classifier (`UtteranceClassifier`
+    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`), cross-entropy."""
+
+    label_field: ClassVar[str]
+
+    @property
+    def labels(self) -> list[str]:
+        """The classes, in the order of the logits."""
+        raise NotImplementedError
+
+    def unknown_label(self) -> str:
+        """What a label outside `labels` means and what to do about it, for the error naming its line."""
+        raise NotImplementedError
+
+    def targets(self, manifest: Manifest, split: str) -> list[int]:
+        return encode_labels(manifest, self.label_field, self.labels, self.unknown_label())
+
+    def build_head(self, input_size: int) -> nn.Module:
+        return UtteranceClassifier(
+            input_size,
+            len(self.labels),
+            projection_size=self.projection_size,
+            pooling=self.pooling,
+            hidden_sizes=self.hidden_sizes,
+            dropout=self.dropout,
+        )
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, targets)
+
+
+@register_task
+class EmotionTask(UtteranceClassificationTask):
+    """Utterance-level emotion classification (SUPERB ER): a pooled classifier over the `emotion` field.
+
+    `classes` are the labels kept, in the order of the confusion matrix; a manifest label outside them is an
+    error (map or drop such utterances when preparing the manifest).
+    """
+
+    name = "emotion"
+    label_field = "emotion"
+    fields = {"emotion": str}
+    monitor = "UA"
+
+    def __init__(
+        self,
+        classes: list[str] | None = None,
+        projection_size: int = 256,
+        pooling: str = "mean",
+        hidden_sizes: list[int] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        self.classes = list(classes) if classes is not None else ["neu", "hap", "ang", "sad"]
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValueError(f"emotion classes must be at least two distinct labels, got {self.classes}")
+        self.projection_size = projection_size
+        self.pooling = pooling
+        self.hidden_sizes = list(hidden_sizes or [])
+        self.dropout = dropout
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classes
+
+    def unknown_label(self) -> str:
+        return (
+            f"is not one of {', '.join(self.classes)} "
+            "(set --model.task.classes to keep it, or drop it from the manifest)"
+        )
+
+    def evaluator(self, split: SplitData) -> Evaluator:
+        return ClassificationEvaluator(self.classes)
+
+
+class AccuracyEvaluator(ClassificationEvaluator):
+    """Closed-set identification among many classes: accuracy, and a confusion plot only when it is readable."""
+
+    max_plotted_classes: ClassVar[int] = 30
+
+    def compute(self, reduce: Reduce) -> dict[str, float]:
+        self.confusion = reduce(self.confusion)
+        return {"accuracy": weighted_accuracy(self.confusion)}
+
+    def write(self, run_dir: Path, title: str) -> list[Path]:
+        return super().write(run_dir, title) if len(self.classes) <= self.max_plotted_classes else []
+
+
+@register_task
+class SpeakerIdTask(UtteranceClassificationTask):
+    """Closed-set speaker identification (SUPERB SID): pooled classifier over the `speaker` field, accuracy.
+
+    `speakers` are the classes; left unset, `strata fit` takes the training manifest's speakers (sorted) and a
+    test takes them from the checkpoint. A test speaker outside them is an error: identification is closed-set.
+    `crop_seconds` trains on random crops (SUPERB's 8 s) so long utterances do not dominate the batches.
+    """
+
+    name = "speaker_id"
+    label_field = "speaker"
+    fields = {"speaker": str}
+    monitor = "accuracy"
+
+    def __init__(
+        self,
+        speakers: list[str] | None = None,
+        projection_size: int = 256,
+        pooling: str = "mean",
+        hidden_sizes: list[int] | None = None,
+        dropout: float = 0.0,
+        crop_seconds: float | None = None,
+    ) -> None:
+        self.speakers = list(speakers or [])
+        if len(set(self.speakers)) != len(self.speakers):
+            raise ValueError("speaker_id speakers must be distinct")
+        if crop_seconds is not None and crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive or unset, got {crop_seconds}")
+        self.projection_size = projection_size
+        self.pooling = pooling
+        self.hidden_sizes = list(hidden_sizes or [])
+        self.dropout = dropout
+        self.crop_seconds = crop_seconds
+
+    @property
+    def train_crop_seconds(self) -> float | None:
+        return self.crop_seconds
+
+    @classmethod
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
+        return speakers_from_data(init_args, train, checkpoint_args, cls.name)
+
+    def _require_speakers(self) -> list[str]:
+        if len(self.speakers) < 2:
+            raise ValueError(
+                f"{self.name} needs at least two speakers, got {self.speakers}: set --model.task.speakers, "
+                "or run through `strata fit`, which takes them from --data.train"
+            )
+        return self.speakers
+
+    @property
+    def labels(self) -> list[str]:
+        return self._require_speakers()
+
+    def unknown_label(self) -> str:
+        return (
+            f"is not one of the {len(self.speakers)} training speakers (speaker_id is closed-set: every "
+            "valid and test speaker must have training utterances)"
+        )
+
+    def evaluator(self, split: SplitData) -> Evaluator:
+        return AccuracyEvaluator(self.speakers)

@@ -1,0 +1,157 @@
+"""Speaker verification: an embedding extractor trained as a speaker classifier, scored on trials (EER, minDCF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from downstream.losses import build_loss
+from downstream.metrics import eer, min_dcf
+from downstream.speaker import SpeakerEmbeddingHead, SpeakerOutput, build_extractor, cosine_scores
+
+from ..data import Manifest
+from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
+
+
+class VerificationEvaluator(Evaluator):
+    """Embeds every utterance of the split once, then scores its trials by cosine similarity: EER, minDCF.
+
+    Embeddings land in an `[N, E]` table at their manifest rows, so summing the tables of all processes gathers
+    them under distributed evaluation.
+    """
+
+    def __init__(self, split: SplitData, p_targets: tuple[float, ...] = (0.05, 0.01)) -> None:
+        if split.trials is None:
+            raise ValueError(f"speaker verification needs trials for the {split.name} split")
+        self.split = split
+        self.p_targets = p_targets
+        self.table = EmbeddingTable(len(split.manifest))
+        self.scores: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None  # subtracted from every embedding before scoring, when set
+
+    def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
+        self.table.add(batch["indices"], outputs.embeddings)
+
+    def compute(self, reduce: Reduce) -> dict[str, float]:
+        self.table.gather(reduce, f"{self.split.name} utterances")
+        trials = self.split.trials
+        needed = torch.unique(torch.cat([trials.enroll, trials.test]))
+        missing = needed[self.table.seen[needed] == 0]
+        if missing.numel():
+            raise ValueError(
+                f"{missing.numel()} utterances named in {trials.path} were not embedded "
+                "(evaluation must cover the whole manifest: no limit_val_batches / limit_test_batches)"
+            )
+        embeddings = self.table.vectors
+        self.scores = cosine_scores(embeddings[trials.enroll], embeddings[trials.test], mean=self.mean)
+        metrics = {"EER": eer(self.scores, trials.labels)[0]}
+        for p_target in self.p_targets:
+            metrics[f"minDCF@{p_target:g}"] = min_dcf(self.scores, trials.labels, p_target=p_target)[0]
+        return metrics
+
+    @property
+    def num_utterances(self) -> int:
+        return self.table.num_filled
+
+    def details(self) -> dict[str, Any]:
+        return {"num_trials": len(self.split.trials), "mean_subtraction": self.mean is not None}
+
+    def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
+        self.mean = embeddings.mean(0)
+
+    def write(self, run_dir: Path, title: str) -> list[Path]:
+        from ..plots import plot_det
+
+        trials, ids = self.split.trials, self.split.manifest.ids
+        path = run_dir / "scores.txt"
+        rows = zip(
+            trials.labels.tolist(), trials.enroll.tolist(), trials.test.tolist(), self.scores.tolist(), strict=True
+        )
+        path.write_text("".join(f"{label} {ids[e]} {ids[t]} {score:.6f}\n" for label, e, t, score in rows))
+        return [path, plot_det(self.scores, trials.labels, run_dir / "det.png", title=title)]
+
+
+@register_task
+class SpeakerVerificationTask(Task):
+    """Speaker verification as the speaker-recognition community runs it: an embedding extractor (ECAPA-TDNN or
+    x-vector) trained on random `crop_seconds` crops to classify the training speakers with an additive angular
+    margin (AAM) softmax; valid and test embed whole utterances and score trials by cosine similarity.
+
+    Validation scores `--data.valid_trials`, or balanced trials drawn from the valid manifest's speakers; test
+    scores `--data.trials`. `speakers` (the training classes) come from the training manifest when unset.
+    `subtract_mean` makes the test subtract the mean embedding of the training set (its crops, embedded once
+    more with the trained model; `--data.train` must be given) before cosine scoring.
+    """
+
+    name = "speaker_verification"
+    fields = {"speaker": str}
+    monitor = "EER"
+    monitor_mode = "min"
+    uses_trials = True
+
+    def __init__(
+        self,
+        speakers: list[str] | None = None,
+        extractor: str = "ecapa",
+        extractor_options: dict[str, Any] | None = None,
+        loss_type: str = "aam",
+        margin: float = 0.2,
+        scale: float = 30.0,
+        crop_seconds: float = 3.0,
+        subtract_mean: bool = False,
+    ) -> None:
+        self.speakers = list(speakers or [])
+        if len(set(self.speakers)) != len(self.speakers):
+            raise ValueError("speaker_verification speakers must be distinct")
+        self.subtract_mean = subtract_mean
+        if crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
+        self.extractor = extractor
+        self.extractor_options = dict(extractor_options or {})
+        self.loss_type = loss_type
+        self.margin, self.scale = margin, scale
+        self.crop_seconds = crop_seconds
+        self._criterion: nn.Module | None = None
+
+    @property
+    def loss_options(self) -> dict[str, float]:
+        return {"margin": self.margin, "scale": self.scale} if self.loss_type == "aam" else {}
+
+    @classmethod
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
+        return speakers_from_data(init_args, train, checkpoint_args, cls.name)
+
+    def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
+        # Held-out speakers are scored through trials; valid needs speaker labels only to draw trials from.
+        return self.fields if split == "train" else {}
+
+    def targets(self, manifest: Manifest, split: str) -> list[int] | None:
+        if split != "train":
+            return None
+        if len(self.speakers) < 2:
+            raise ValueError(f"{self.name} needs at least two training speakers, got {self.speakers}")
+        return encode_labels(manifest, "speaker", self.speakers, "is not one of the task's training speakers")
+
+    @property
+    def train_crop_seconds(self) -> float:
+        return self.crop_seconds
+
+    @property
+    def test_reference_split(self) -> str | None:
+        return "train" if self.subtract_mean else None
+
+    def build_head(self, input_size: int) -> nn.Module:
+        extractor = build_extractor(self.extractor, input_size, **self.extractor_options)
+        classifier, self._criterion = build_loss(
+            self.loss_type, extractor.embedding_size, len(self.speakers), **self.loss_options
+        )
+        return SpeakerEmbeddingHead(extractor, classifier)
+
+    def loss(self, outputs: SpeakerOutput, targets: torch.Tensor) -> torch.Tensor:
+        return self._criterion(outputs.logits, targets)
+
+    def evaluator(self, split: SplitData) -> Evaluator:
+        return VerificationEvaluator(split)
