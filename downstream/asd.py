@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -283,3 +284,118 @@ class PooledEmbedding(nn.Module):
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self(features, lengths)
+
+
+class SpectrumEmbedding(nn.Module):
+    """FeatEx's second branch: an embedding of the magnitude spectrum of the whole clip, `wavs [B, S]`,
+    `wav_lengths [B]` -> `[B, embedding_size]`.
+
+    Each clip's spectrum |rfft(x)| over its valid samples (scaled by 1/sqrt(length), so loudness does not depend on
+    duration) is averaged into `num_bins` equal frequency bands, whatever the clip's length, then log-compressed and
+    standardised per band. Its fine frequency resolution sees what a frame-level model averages away: a detuned
+    harmonic, a narrow whine. Strided 1-d convolutions over frequency then a linear map keep where in the spectrum
+    a pattern sits, which is the point (Wilkinghoff's spectrum branch: convolutions over the spectrum, flattened).
+    """
+
+    # (channels, kernel, stride) of the convolutions over frequency: 2048 bands -> 64 channels x 32 positions.
+    LAYERS = ((32, 16, 4), (64, 8, 4), (64, 8, 2))
+
+    def __init__(self, embedding_size: int = 128, num_bins: int = 2048) -> None:
+        super().__init__()
+        if embedding_size < 1 or num_bins < 64:
+            raise ValueError(f"embedding_size must be positive and num_bins >= 64; got {embedding_size}, {num_bins}")
+        self.num_bins, self.embedding_size = num_bins, embedding_size
+        self.input_norm = nn.BatchNorm1d(num_bins)
+        layers, width = [], 1
+        for channels, kernel, stride in self.LAYERS:
+            padding = (kernel - stride) // 2
+            layers += [nn.Conv1d(width, channels, kernel, stride, padding), nn.BatchNorm1d(channels), nn.ReLU()]
+            width = channels
+        self.convolutions = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.convolutions(torch.zeros(2, 1, num_bins)).flatten(1).size(1)
+        self.projection = nn.Linear(flat, embedding_size)
+
+    def spectra(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """`[B, num_bins]` log band magnitudes, each clip from its own valid samples (padding never enters)."""
+        rows = []
+        for wav, length in zip(wavs.float(), wav_lengths.tolist(), strict=True):
+            magnitude = torch.fft.rfft(wav[: int(length)]).abs() / math.sqrt(max(int(length), 1))
+            rows.append(nn.functional.adaptive_avg_pool1d(magnitude[None, None], self.num_bins)[0, 0])
+        return torch.stack(rows).clamp(min=1e-8).log()
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(self.spectra(wavs, wav_lengths))
+        return self.projection(self.convolutions(x[:, None]).flatten(1))
+
+
+@dataclass
+class FeatExOutput:
+    """`embeddings [B, E]` (both branches of each clip: what anomaly scoring reads), `logits [B, 2C]` of the
+    classifier on the possibly exchanged pairs, and `partners [B]`: the clip whose feature-branch embedding each row
+    carries (the row itself when not exchanged)."""
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor
+    partners: torch.Tensor
+
+
+class FeatExHead(nn.Module):
+    """Feature exchange (FeatEx; Wilkinghoff, "Self-supervised learning for anomalous sound detection", ICASSP 2024).
+
+    Two branches embed each clip: the pooled SSL features and the clip's magnitude spectrum. In training, with
+    probability `exchange_probability` a clip's feature-branch embedding is replaced by another clip's of the batch,
+    and the classifier, over twice the classes, must say both which classes the halves come from and whether they
+    were exchanged (`featex_targets`). Telling matching pairs from exchanged ones is self-supervised: it needs no
+    labels beyond the auxiliary classes and makes the embedding keep what ties the two views of one clip together.
+    The anomaly embedding is the two branch embeddings of a clip side by side.
+    """
+
+    reads_audio = True  # SSLTaskModule passes the waveforms too
+
+    def __init__(
+        self,
+        feature_branch: PooledEmbedding,
+        spectrum_branch: SpectrumEmbedding,
+        classifier: nn.Module,
+        exchange_probability: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not 0 <= exchange_probability <= 1:
+            raise ValueError(f"exchange_probability must be in [0, 1]; got {exchange_probability}")
+        self.feature_branch, self.spectrum_branch = feature_branch, spectrum_branch
+        self.classifier = classifier
+        self.exchange_probability = exchange_probability
+        self.embedding_size = feature_branch.embedding_size + spectrum_branch.embedding_size
+
+    def embed(
+        self, features: torch.Tensor, lengths: torch.Tensor, wavs: torch.Tensor, wav_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.cat([self.feature_branch(features, lengths), self.spectrum_branch(wavs, wav_lengths)], dim=1)
+
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, wavs: torch.Tensor, wav_lengths: torch.Tensor
+    ) -> FeatExOutput:
+        first, second = self.feature_branch(features, lengths), self.spectrum_branch(wavs, wav_lengths)
+        batch = first.size(0)
+        partners = torch.arange(batch, device=first.device)
+        if self.training and batch > 1:
+            exchange = torch.rand(batch, device=first.device) < self.exchange_probability
+            others = (partners + torch.randint(1, batch, (batch,), device=first.device)) % batch  # never itself
+            partners = torch.where(exchange, others, partners)
+        pairs = torch.cat([first[partners], second], dim=1)
+        return FeatExOutput(torch.cat([first, second], dim=1), self.classifier(pairs), partners)
+
+
+def featex_targets(targets: torch.Tensor, partners: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """FeatEx's soft targets `[B, 2C]`: a matching pair keeps its class in the first C columns; an exchanged pair
+    (feature branch from clip `partners[i]`, spectrum from clip i) puts half its mass on each clip's class in the
+    second C columns (all of it when both are of one class)."""
+    batch = targets.size(0)
+    rows = torch.arange(batch, device=targets.device)
+    exchanged = partners != rows
+    soft = torch.zeros(batch, 2 * num_classes, device=targets.device)
+    soft[rows[~exchanged], targets[~exchanged]] = 1.0
+    for classes in (targets, targets[partners]):  # half to the spectrum's clip, half to the feature branch's
+        soft.index_put_((rows[exchanged], num_classes + classes[exchanged]), torch.tensor(0.5), accumulate=True)
+    return soft

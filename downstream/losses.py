@@ -82,25 +82,35 @@ def _check_margin_scale(margin: float, scale: float) -> None:
 def aam_logits(cosines: torch.Tensor, targets: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
     """Additive angular margin (ArcFace, Deng et al., CVPR 2019; the ECAPA-TDNN speaker loss): `cosines [B, C]`,
     `targets [B]` -> `logits [B, C]`, scale * cos(theta + margin) in the target column, scale * cos(theta) elsewhere.
+    Soft targets `[B, C]` (class probabilities, as FeatEx trains with) put the margin on every column they give
+    weight to.
 
     cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m). Past theta = pi - m it would rise again with theta and
     reward moving away from the class, so there the logit is cos(theta) - m sin(m) instead, which keeps decreasing
     in theta. Computed in at least float32: the square root near |cos| = 1 is too coarse in half precision.
     """
     _check_margin_scale(margin, scale)
-    if cosines.dim() != 2 or targets.shape != cosines.shape[:1]:
-        raise ValueError(f"expected cosines [B, C] and targets [B]; got {tuple(cosines.shape)}, {tuple(targets.shape)}")
+    if cosines.dim() != 2 or targets.shape not in (cosines.shape[:1], cosines.shape):
+        raise ValueError(
+            f"expected cosines [B, C] and targets [B] or [B, C]; got {tuple(cosines.shape)}, {tuple(targets.shape)}"
+        )
     cosines = cosines.to(torch.promote_types(cosines.dtype, torch.float32)).clamp(-1.0, 1.0)
-    index = targets.long()[:, None]
-    target = cosines.gather(1, index)
-    sine = (1.0 - target**2).clamp(min=_SIN_SQUARED_FLOOR).sqrt()
-    shifted = target * math.cos(margin) - sine * math.sin(margin)
-    shifted = torch.where(target < math.cos(math.pi - margin), target - margin * math.sin(margin), shifted)
-    return scale * cosines.scatter(1, index, shifted)
+    if targets.dim() == 1:
+        index = targets.long()[:, None]
+        target = cosines.gather(1, index)
+        return scale * cosines.scatter(1, index, _add_angular_margin(target, margin))
+    return scale * torch.where(targets > 0, _add_angular_margin(cosines, margin), cosines)
+
+
+def _add_angular_margin(cosines: torch.Tensor, margin: float) -> torch.Tensor:
+    sine = (1.0 - cosines**2).clamp(min=_SIN_SQUARED_FLOOR).sqrt()
+    shifted = cosines * math.cos(margin) - sine * math.sin(margin)
+    return torch.where(cosines < math.cos(math.pi - margin), cosines - margin * math.sin(margin), shifted)
 
 
 class AAMSoftmaxLoss(nn.Module):
-    """Cross-entropy of `aam_logits`: (cosines `[B, C]` from a `CosineClassifier`, targets `[B]`) -> scalar.
+    """Cross-entropy of `aam_logits`: (cosines `[B, C]` from a `CosineClassifier`, targets `[B]` class indices or
+    `[B, C]` class probabilities) -> scalar.
 
     Defaults are ECAPA-TDNN's (margin 0.2, scale 30).
     """
@@ -119,7 +129,7 @@ class AAMSoftmaxLoss(nn.Module):
 
 
 class SoftmaxLoss(nn.Module):
-    """Plain cross-entropy: (logits `[B, C]`, targets `[B]`) -> scalar."""
+    """Plain cross-entropy: (logits `[B, C]`, targets `[B]` class indices or `[B, C]` probabilities) -> scalar."""
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets)

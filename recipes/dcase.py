@@ -125,7 +125,8 @@ def _merge(name_value: str | None, truth: dict[str, str], path: Path, csv: str |
     """The clip's label or domain: from its name, else from the ground truth, which must agree with the name."""
     if path.name in truth:
         if name_value is not None and name_value != truth[path.name]:
-            raise ValueError(f"{csv} gives {path.name} the {what} {truth[path.name]!r}, but its name says {name_value!r}")
+            given = truth[path.name]
+            raise ValueError(f"{csv} gives {path.name} the {what} {given!r}, but its name says {name_value!r}")
         return truth[path.name]
     if csv is not None and name_value is None:
         raise ValueError(f"{csv} has no {what} for {path}")

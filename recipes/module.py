@@ -114,15 +114,21 @@ class SSLTaskModule(L.LightningModule):
             features = self.feature_norm(features, out.lengths)
         return features, out.lengths
 
+    def head_inputs(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the head is called with: `(features, lengths)`, followed by `(wavs, wav_lengths)` for a head that
+        also reads the audio (`reads_audio`, e.g. FeatEx's spectrum branch)."""
+        audio = (wavs, wav_lengths) if getattr(self.head, "reads_audio", False) else ()
+        return (*self.features(wavs, wav_lengths), *audio)
+
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> Any:
         """`wavs [B, S]`, `wav_lengths [B]` -> the head's outputs (logits for classification tasks)."""
-        return self.head(*self.features(wavs, wav_lengths))
+        return self.head(*self.head_inputs(wavs, wav_lengths))
 
     def embed(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """`wavs [B, S]`, `wav_lengths [B]` -> one vector per utterance `[B, E]` (the head's `embed`)."""
         if not hasattr(self.head, "embed"):
             raise ValueError(f"the {self.task.name} head makes no utterance embedding")
-        return self.head.embed(*self.features(wavs, wav_lengths))
+        return self.head.embed(*self.head_inputs(wavs, wav_lengths))
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         outputs = self(batch["wavs"], batch["wav_lengths"])

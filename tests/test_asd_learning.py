@@ -8,6 +8,7 @@ import pytest
 from egs_scripts import load_script
 
 from recipes.cli import main
+from recipes.data import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "egs" / "mini" / "conf" / "asd.yaml")
@@ -24,11 +25,20 @@ def common(run_dir: Path) -> list[str]:
     return ["--config", CONFIG, "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
 
 
-def test_frozen_fbank_embeddings_score_above_0_7_without_training(machines, tmp_path):
-    run_dir = tmp_path / "frozen"
-    args = ["test", *common(run_dir), "--model.task.init_args.head", "none",
-            "--data.train", str(machines / "train.jsonl"), "--data.test", str(machines / "test.jsonl")]  # fmt: skip
-    assert main(args) == 0
+def frozen_test(run_dir: Path, train: Path, test: Path, *extra: str) -> int:
+    return main(["test", *common(run_dir), "--model.task.init_args.head", "none",
+                 "--data.train", str(train), "--data.test", str(test), *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def frozen_run(machines, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("frozen")
+    assert frozen_test(run_dir, machines / "train.jsonl", machines / "test.jsonl") == 0
+    return run_dir
+
+
+def test_frozen_fbank_embeddings_score_above_0_7_without_training(frozen_run):
+    run_dir = frozen_run
     results = json.loads((run_dir / "results.json").read_text())
     print("asd frozen fbank:", {k: round(v, 3) for k, v in results.items() if isinstance(v, float)})
     assert results["official_score"] > 0.7
@@ -54,3 +64,53 @@ def test_trained_embedding_writes_scores_decisions_and_roc_per_machine(machines,
         assert {line.split(",")[0] for line in scores} <= test_names
         assert {line.split(",")[1] for line in decisions} <= {"0", "1"}
         assert (run_dir / f"roc_{machine}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unlabelled_evaluation_clips_get_the_same_scores_and_no_metrics(machines, frozen_run, tmp_path):
+    entries = [json.loads(line) for line in open(machines / "test.jsonl")]
+    for entry in entries:
+        entry["audio"] = str(machines / entry["audio"]) if not Path(entry["audio"]).is_absolute() else entry["audio"]
+        del entry["label"], entry["domain"]
+    unlabelled = write_jsonl(tmp_path / "eval.jsonl", entries)
+    run_dir = tmp_path / "eval"
+    assert frozen_test(run_dir, machines / "train.jsonl", unlabelled) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "official_score" not in results and results["num_utterances"] == len(entries)
+    assert results["test_labels"].startswith("unlabelled")
+    for machine in ("fan", "pump", "gearbox"):
+        for kind in ("anomaly_score", "decision_result"):
+            name = f"{kind}_{machine}_section_00_test.csv"
+            assert (run_dir / name).read_text() == (frozen_run / name).read_text()
+        assert not (run_dir / f"roc_{machine}.png").exists()
+
+
+def test_a_test_manifest_mixing_labelled_and_unlabelled_clips_is_refused(machines, tmp_path, capsys):
+    entries = [json.loads(line) for line in open(machines / "test.jsonl")]
+    for entry in entries:
+        entry["audio"] = str(machines / entry["audio"]) if not Path(entry["audio"]).is_absolute() else entry["audio"]
+    del entries[3]["label"]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", entries)
+    assert frozen_test(tmp_path / "run", machines / "train.jsonl", mixed) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "mixed.jsonl line 4: clip has no label while others have one" in error
+
+
+def test_kmeans_scorer_on_frozen_embeddings_beats_chance(machines, tmp_path):
+    run_dir = tmp_path / "kmeans"
+    assert frozen_test(run_dir, machines / "train.jsonl", machines / "test.jsonl",
+                       "--model.task.init_args.scorer", "kmeans") == 0  # fmt: skip
+    results = json.loads((run_dir / "results.json").read_text())
+    print("asd frozen fbank kmeans:", round(results["official_score"], 3))
+    assert results["official_score"] > 0.65 and results["scorer"] == "kmeans"
+
+
+def test_featex_training_runs_end_to_end_and_scores_with_both_branches(machines, tmp_path):
+    run_dir = tmp_path / "featex"
+    train = ["--data.train", str(machines / "train.jsonl"), "--model.task.init_args.featex", "true"]
+    assert main(["fit", *common(run_dir), *train, "--data.valid", str(machines / "valid.jsonl"),
+                 "--trainer.max_epochs", "2"]) == 0  # fmt: skip
+    assert "featex: true" in (run_dir / "config.yaml").read_text()
+    assert main(["test", *common(run_dir), *train, "--data.test", str(machines / "test.jsonl")]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0.0 <= results["official_score"] <= 1.0
+    assert (run_dir / "anomaly_score_pump_section_00_test.csv").read_text().count("\n") == results["num_utterances"] // 3

@@ -26,6 +26,21 @@ def test_aam_logits_match_arcface_by_hand_including_the_fallback_past_pi():
         assert row == pytest.approx(want, abs=1e-9)
 
 
+def test_soft_targets_put_the_margin_on_every_weighted_column_and_mix_the_cross_entropy():
+    margin, scale = 0.2, 10.0
+    soft = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    logits = aam_logits(COSINES, soft, margin, scale)
+    assert torch.allclose(logits[[0, 2]], aam_logits(COSINES, TARGETS, margin, scale)[[0, 2]], atol=1e-12)
+    assert logits[1, 0].item() == pytest.approx(scale * 0.3)  # no weight, no margin
+    assert logits[1, 1].item() == pytest.approx(scale * math.cos(math.acos(0.9) + margin))
+    assert logits[1, 2].item() == pytest.approx(scale * math.cos(math.acos(0.0) + margin))
+    loss = AAMSoftmaxLoss(margin, scale)(COSINES, soft)
+    expected = -(soft * logits.log_softmax(dim=1)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
+    with pytest.raises(ValueError, match=r"targets \[B\] or \[B, C\]"):
+        aam_logits(COSINES, soft[:, :2], margin, scale)
+
+
 def test_aam_fallback_keeps_the_target_logit_decreasing_in_the_angle():
     angles = torch.linspace(0.0, math.pi, 200, dtype=torch.float64)
     cosines = torch.stack([torch.cos(angles), torch.zeros_like(angles)], dim=1)

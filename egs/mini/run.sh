@@ -35,17 +35,20 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 # run_task TASK: fit (resuming from the last checkpoint) and test TASK with conf/TASK.yaml on data/mini/TASK/ for
-# every upstream; arguments after TASK go to `strata test` only (e.g. the trials).
+# every upstream; arguments after TASK go to `strata test` only (e.g. the trials). A variant of the task sets
+# `task_args` (overrides for fit and test) and `suffix` (appended to the run folder's name).
+task_args=()
+suffix=
 run_task() {
     local task=$1; shift
     require "${data_dir}/${task}/train.jsonl" 0
     for up in ${upstream}; do
-        local run_dir="${exp_dir}/${task}/${up//[:\/]/_}_${interface}"
+        local run_dir="${exp_dir}/${task}/${up//[:\/]/_}_${interface}${suffix}"
         log "${task} with ${up} (${interface}, ${trainable}) -> ${run_dir}"
         local started=${SECONDS}
         local common=(--config "conf/${task}.yaml" --seed_everything "${seed}"
             --model.upstream.name "${up}" --model.upstream.trainable "${trainable}"
-            --model.interface.name "${interface}" --trainer.default_root_dir "${run_dir}")
+            --model.interface.name "${interface}" --trainer.default_root_dir "${run_dir}" "${task_args[@]}")
         strata fit "${common[@]}" --data.train "${data_dir}/${task}/train.jsonl" \
             --data.valid "${data_dir}/${task}/valid.jsonl" --ckpt_path last "${extra_args[@]}"
         strata test "${common[@]}" --data.test "${data_dir}/${task}/test.jsonl" --ckpt_path best "$@" "${extra_args[@]}"
@@ -75,8 +78,11 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-    log "Stage 5: anomalous sound detection (trained embedding, then frozen pooled features)"
+    log "Stage 5: anomalous sound detection (trained embedding, with FeatEx, then frozen pooled features)"
     run_task asd --data.train "${data_dir}/asd/train.jsonl"
+    task_args=(--model.task.init_args.featex true); suffix=_featex
+    run_task asd --data.train "${data_dir}/asd/train.jsonl"
+    task_args=(); suffix=
     for up in ${upstream}; do
         run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
         log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"

@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from downstream.asd import PooledEmbedding, build_scorer, gamma_threshold
+from downstream.asd import (
+    FeatExHead,
+    FeatExOutput,
+    PooledEmbedding,
+    SpectrumEmbedding,
+    build_scorer,
+    featex_targets,
+    gamma_threshold,
+)
 from downstream.losses import build_loss
 from downstream.metrics import dcase_scores
 from downstream.speaker import SpeakerEmbeddingHead, SpeakerOutput
@@ -24,6 +32,29 @@ def asd_class(entry: dict[str, Any]) -> str:
     return f"{entry['machine']}/{entry['section']}/{attributes}"
 
 
+def ground_truth_given(manifest: Manifest) -> bool:
+    """Whether the test clips carry their ground truth (`label` normal / anomaly and `domain` source / target):
+    all of them do (development data, or evaluation data labelled from the published CSVs) or none do (evaluation
+    clips before the ground truth is out). A mix, or a label without a domain, is an error naming the line."""
+    has_label = ["label" in entry for entry in manifest.entries]
+    if not any(has_label):
+        return False
+    for i, entry in enumerate(manifest.entries):
+        if not has_label[i]:
+            raise ManifestError(
+                f"{manifest.where(i)}: clip has no label while others have one; label every test clip (from the "
+                "ground-truth CSV) or none"
+            )
+        if entry["label"] not in ("normal", "anomaly"):
+            raise ManifestError(f"{manifest.where(i)}: label must be normal or anomaly, got {entry['label']!r}")
+        if entry.get("domain") not in ("source", "target"):
+            raise ManifestError(
+                f"{manifest.where(i)}: a labelled clip needs its domain (source or target), got "
+                f"{entry.get('domain')!r}; evaluation clips take it from the ground-truth domain CSV"
+            )
+    return True
+
+
 class AnomalyEvaluator(Evaluator):
     """Scores test clips against the normal training clips of their machine and section (`scorer`, source and
     target separately), then evaluates as the DCASE 2023 evaluator does; decisions threshold each section at the
@@ -36,9 +67,10 @@ class AnomalyEvaluator(Evaluator):
         self.reference_manifest: Manifest | None = None
         self.scores = torch.zeros(len(split.manifest))
         self.thresholds: dict[tuple[str, str], float] = {}
+        self.labelled = False
 
     def update(self, outputs: Any, batch: dict[str, Any]) -> None:
-        self.table.add(batch["indices"], outputs.embeddings if isinstance(outputs, SpeakerOutput) else outputs)
+        self.table.add(batch["indices"], getattr(outputs, "embeddings", outputs))
 
     def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
         self.reference, self.reference_manifest = embeddings, manifest
@@ -72,6 +104,9 @@ class AnomalyEvaluator(Evaluator):
             halves = [reference_rows[::2], reference_rows[1::2]]
             cross = [self._fit(halves[1 - h], train.entries).score(self.reference[halves[h]]) for h in (0, 1)]
             self.thresholds[key] = gamma_threshold(torch.cat(cross).clamp(min=1e-6), self.task.decision_percentile)
+        self.labelled = ground_truth_given(self.split.manifest)
+        if not self.labelled:  # evaluation clips without ground truth: scores and decisions only
+            return {}
         labels = [1 if e["label"] == "anomaly" else 0 for e in entries]
         return dcase_scores(
             self.scores, labels, [e["domain"] for e in entries], [e["machine"] for e in entries],
@@ -81,6 +116,10 @@ class AnomalyEvaluator(Evaluator):
     @property
     def num_utterances(self) -> int:
         return self.table.num_filled
+
+    def details(self) -> dict[str, Any]:
+        scored = "scored" if self.labelled else "unlabelled: anomaly scores and decisions only, no metrics"
+        return {"scorer": self.task.scorer, "test_labels": scored}
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from ..plots import plot_roc
@@ -95,7 +134,7 @@ class AnomalyEvaluator(Evaluator):
                 path = run_dir / f"{kind}_{machine}_section_{section}_test.csv"
                 path.write_text("".join(f"{n},{v}\n" for n, v in zip(names, values, strict=True)))
                 written.append(path)
-        for machine in sorted({e["machine"] for e in entries}):
+        for machine in sorted({e["machine"] for e in entries}) if self.labelled else []:
             rows = [i for i, e in enumerate(entries) if e["machine"] == machine]
             labels = [1 if entries[i]["label"] == "anomaly" else 0 for i in rows]
             domains = [entries[i]["domain"] for i in rows]
@@ -114,6 +153,9 @@ class AsdTask(Task):
     checkpoint). At test the training clips are embedded and each test clip is scored against those of its
     machine and section by `scorer` (knn: cosine distance to the nearest source and target clips, the smaller;
     kmeans: 16 source centres plus every target clip). Validation reports the auxiliary accuracy on normal clips.
+    `featex: true` trains with feature exchange (`downstream.asd.FeatExHead`): half the embedding from the pooled
+    features, half from the clip's magnitude spectrum, the halves of clips swapped with `exchange_probability`.
+    Unlabelled test clips (DCASE evaluation data before its ground truth) are scored without metrics.
     """
 
     name = "asd"
@@ -132,6 +174,8 @@ class AsdTask(Task):
         scorer: str = "knn",
         scorer_options: dict[str, Any] | None = None,
         decision_percentile: float = 0.9,
+        featex: bool = False,
+        exchange_probability: float = 0.5,
     ) -> None:
         if head not in ("embedding", "none"):
             raise ValueError(f"head must be embedding or none (the frozen-embedding baseline), got {head!r}")
@@ -141,6 +185,9 @@ class AsdTask(Task):
         self.scorer, self.scorer_options = scorer, dict(scorer_options or {})
         build_scorer(scorer, **self.scorer_options)  # an unknown scorer or option fails now
         self.decision_percentile = decision_percentile
+        if featex and head == "none":
+            raise ValueError("featex trains the embedding; it does not apply to the frozen baseline (head: none)")
+        self.featex, self.exchange_probability = featex, exchange_probability
         self._criterion: nn.Module | None = None
 
     @classmethod
@@ -160,8 +207,8 @@ class AsdTask(Task):
         return {**init_args, "classes": sorted({asd_class(e) for e in normal})}
 
     def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
-        extra = {"domain": str, "label": str} if split == "test" else {"domain": str}
-        return {**self.fields, **extra}
+        # Test clips may be unlabelled evaluation clips (no label, no domain): scored, not evaluated.
+        return self.fields if split == "test" else {**self.fields, "domain": str}
 
     def drop(self, manifest: Manifest, split: str, frame_rate: float) -> dict[int, str]:
         if split == "test":
@@ -170,7 +217,10 @@ class AsdTask(Task):
         return {i: "anomalous clip" for i, e in enumerate(manifest.entries) if e.get("label") == "anomaly"}
 
     def targets(self, manifest: Manifest, split: str) -> list[int] | None:
-        if split == "test" or self.head == "none":
+        if split == "test":
+            ground_truth_given(manifest)  # a half-labelled test manifest fails at load, not after scoring
+            return None
+        if self.head == "none":
             return None
         index = {label: i for i, label in enumerate(self.classes)}
         targets = []
@@ -188,12 +238,21 @@ class AsdTask(Task):
     def build_head(self, input_size: int) -> nn.Module:
         if self.head == "none":
             return PooledEmbedding(input_size, embedding_size=0, pooling=self.pooling)
-        extractor = PooledEmbedding(input_size, self.embedding_size, self.pooling)
         options = {"margin": self.margin, "scale": self.scale} if self.loss_type == "aam" else {}
+        if self.featex:  # half the embedding from the features, half from the spectrum; twice the classes
+            half = self.embedding_size // 2
+            branches = PooledEmbedding(input_size, half, self.pooling), SpectrumEmbedding(self.embedding_size - half)
+            classifier, self._criterion = build_loss(
+                self.loss_type, self.embedding_size, 2 * len(self.classes), **options
+            )
+            return FeatExHead(*branches, classifier, self.exchange_probability)
+        extractor = PooledEmbedding(input_size, self.embedding_size, self.pooling)
         classifier, self._criterion = build_loss(self.loss_type, extractor.embedding_size, len(self.classes), **options)
         return SpeakerEmbeddingHead(extractor, classifier)
 
-    def loss(self, outputs: SpeakerOutput, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: SpeakerOutput | FeatExOutput, targets: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, FeatExOutput):
+            targets = featex_targets(targets, outputs.partners, len(self.classes))
         return self._criterion(outputs.logits, targets)
 
     def evaluator(self, split: SplitData) -> Evaluator:
@@ -205,5 +264,6 @@ class AsdTask(Task):
 class AuxiliaryAccuracyEvaluator(AccuracyEvaluator):
     """Validation of the anomaly embedding: how well it tells machine, section and attributes apart."""
 
-    def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
-        super().update(outputs.logits, batch)
+    def update(self, outputs: SpeakerOutput | FeatExOutput, batch: dict[str, Any]) -> None:
+        # FeatEx's logits also score exchanged pairs (the second half); a clip's own class is in the first.
+        super().update(outputs.logits[:, : len(self.classes)], batch)
