@@ -39,11 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     bucketed_padding = padding_fraction(bucketed, durations)
     rows = [
         [f"bucketed, <= {args.max_batch_seconds:g} s padded", len(bucketed), f"{100 * bucketed_padding:.1f}"],
-        [f"fixed count, {batch_size} per batch", len(fixed_size_batches(durations, batch_size)),
-         f"{100 * statistics.mean(fixed):.1f}"],
+        [
+            f"fixed count, {batch_size} per batch",
+            len(fixed_size_batches(durations, batch_size)),
+            f"{100 * statistics.mean(fixed):.1f}",
+        ],
     ]
-    print(f"{source}: {len(durations)} utterances, {sum(durations) / 3600:.2f} h, "
-          f"median {statistics.median(durations):.2f} s, max {max(durations):.2f} s\n")
+    print(
+        f"{source}: {len(durations)} utterances, {sum(durations) / 3600:.2f} h, "
+        f"median {statistics.median(durations):.2f} s, max {max(durations):.2f} s\n"
+    )
     print(markdown_table(["batches", "count", "padding (%)"], rows))
 
 
