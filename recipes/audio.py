@@ -41,6 +41,20 @@ def read_audio(
     return wav
 
 
+def audio_duration(path: str | Path) -> float:
+    """Seconds of audio in `path`, from the file header (no decoding): what manifests record as `duration`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioError(f"could not read the header of audio file {path}: {error}") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(f"{path} is empty")
+    return info.frames / info.samplerate
+
+
 def tone(seconds: float = 1.0, frequency: float = 440.0, sample_rate: int = 16000) -> torch.Tensor:
     """A sine tone at half scale: audio anyone can generate, for demos and smoke runs."""
     t = torch.arange(int(seconds * sample_rate)) / sample_rate

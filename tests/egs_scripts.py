@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-LOCAL = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
+EGS = Path(__file__).resolve().parents[1] / "egs"
 
 
-def load_script(name: str) -> ModuleType:
-    """`egs/mini/local/<name>.py` as a module."""
-    spec = importlib.util.spec_from_file_location(name, LOCAL / f"{name}.py")
+def load_script(name: str, recipe: str = "mini") -> ModuleType:
+    """`egs/<recipe>/local/<name>.py` as a module."""
+    spec = importlib.util.spec_from_file_location(f"{recipe}_{name}", EGS / recipe / "local" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
