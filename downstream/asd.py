@@ -348,7 +348,7 @@ class FeatExHead(nn.Module):
     and the classifier, over twice the classes, must say both which classes the halves come from and whether they
     were exchanged (`featex_targets`). Telling matching pairs from exchanged ones is self-supervised: it needs no
     labels beyond the auxiliary classes and makes the embedding keep what ties the two views of one clip together.
-    The anomaly embedding is the two branch embeddings of a clip side by side.
+    The anomaly embedding is the two branch embeddings of a clip side by side, each of unit length.
     """
 
     reads_audio = True  # SSLTaskModule passes the waveforms too
@@ -371,12 +371,18 @@ class FeatExHead(nn.Module):
     def embed(
         self, features: torch.Tensor, lengths: torch.Tensor, wavs: torch.Tensor, wav_lengths: torch.Tensor
     ) -> torch.Tensor:
-        return torch.cat([self.feature_branch(features, lengths), self.spectrum_branch(wavs, wav_lengths)], dim=1)
+        return torch.cat(self._branches(features, lengths, wavs, wav_lengths), dim=1)
+
+    def _branches(self, features, lengths, wavs, wav_lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        # Each half is length-normalised: otherwise the spectrum branch's larger norm decides every cosine, and
+        # the classifier and the scorer hardly see the SSL features (measured on the mini machines).
+        first = length_normalize(self.feature_branch(features, lengths))
+        return first, length_normalize(self.spectrum_branch(wavs, wav_lengths))
 
     def forward(
         self, features: torch.Tensor, lengths: torch.Tensor, wavs: torch.Tensor, wav_lengths: torch.Tensor
     ) -> FeatExOutput:
-        first, second = self.feature_branch(features, lengths), self.spectrum_branch(wavs, wav_lengths)
+        first, second = self._branches(features, lengths, wavs, wav_lengths)
         batch = first.size(0)
         partners = torch.arange(batch, device=first.device)
         if self.training and batch > 1:

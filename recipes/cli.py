@@ -105,6 +105,20 @@ def report(args: argparse.Namespace) -> None:
         print(markdown_table(header, rows))
 
 
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run folders (with results.json) or folders searched for them")
+    parser.add_argument("--out", required=True, help="folder for compare.md and compare.png")
+
+
+@command("compare", "compare runs: a markdown table (best in bold) and grouped bars per task", _compare_arguments)
+def compare_runs(args: argparse.Namespace) -> None:
+    from .compare import compare
+
+    written = compare(args.runs, args.out)
+    print(written[0].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(map(str, written)))
+
+
 def _tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, help="JSONL manifest whose `text` field is the training text")
     parser.add_argument("--type", default="char", choices=["char", "bpe", "unigram"], help="token type (default char)")
@@ -168,6 +182,40 @@ def embed(args: argparse.Namespace) -> None:
     os.replace(partial, out)
     size = next(iter(embeddings.values())).shape[0]
     print(f"wrote {len(embeddings)} embeddings of size {size} from {args.ckpt} to {out}")
+
+
+def _manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="the JSONL manifest to write")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", help="every audio file below this folder (recursive)")
+    source.add_argument("--csv", help="a CSV with a header: an audio column, other columns become fields")
+    source.add_argument("--kaldi", help="a Kaldi data dir: wav.scp [segments] [utt2spk -> speaker] [text -> text]")
+    parser.add_argument("--pattern", help="--folder: regex the path relative to the folder must match (fullmatch); "
+                        "named groups become fields, a group named id sets the id")  # fmt: skip
+    parser.add_argument("--ext", default="wav,flac", help="--folder: audio file extensions (default wav,flac)")
+    parser.add_argument("--audio-column", default="audio", help="--csv: the column of audio paths (default audio)")
+    parser.add_argument("--id-column", default="id", help="--csv: the id column (default id; else the audio path)")
+    parser.add_argument("--root", help="--csv, --kaldi: folder relative audio paths are resolved against "
+                        "(default: the CSV's folder; the current folder for Kaldi, as in its recipes)")  # fmt: skip
+
+
+@command("manifest", "write a JSONL manifest from a folder of audio, a CSV or a Kaldi data dir", _manifest_arguments)
+def manifest(args: argparse.Namespace) -> None:
+    from .data import write_jsonl
+    from .manifests import from_csv, from_folder, from_kaldi, summarize
+
+    misplaced = {"--pattern": args.pattern and not args.folder, "--root": args.root and args.folder}
+    for option, wrong in misplaced.items():
+        if wrong:
+            raise ValueError(f"{option} does not apply to {'--folder' if args.folder else '--csv or --kaldi'}")
+    if args.folder:
+        entries = from_folder(args.folder, args.pattern, args.ext.split(","))
+    elif args.csv:
+        entries = from_csv(args.csv, args.audio_column, args.id_column, args.root)
+    else:
+        entries = from_kaldi(args.kaldi, args.root or ".")
+    out = write_jsonl(args.out, entries)
+    print(f"wrote {out}: {summarize(entries)}")
 
 
 # Handled by LightningCLI (recipes.lightning_cli), which has its own parser; listed here for `strata --help`.

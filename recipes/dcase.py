@@ -16,6 +16,7 @@ target domain), as the official evaluator reads them. Without the domain file an
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -112,6 +113,23 @@ def read_ground_truth(path: str | Path, values: dict[str, str] = LABELS) -> dict
     return truth
 
 
+# One ground-truth CSV, or several (one per section of a machine).
+TruthFiles = str | Path | Sequence[str | Path] | None
+
+
+def _read_truths(given: TruthFiles, values: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """The merged `file name -> value` of one or several ground-truth CSVs, and how to name them in errors."""
+    paths = [] if given is None else [Path(given)] if isinstance(given, str | Path) else [Path(p) for p in given]
+    truth: dict[str, str] = {}
+    for path in paths:
+        for name, value in read_ground_truth(path, values).items():
+            if name in truth:
+                raise ValueError(f"{path} gives {name} again: it is in another of the ground-truth files too")
+            truth[name] = value
+    described = None if not paths else str(paths[0]) if len(paths) == 1 else " / ".join(map(str, paths))
+    return truth, described
+
+
 def _check_truth(truth: dict[str, str], path: str | Path | None, names: set[str], folder: Path) -> None:
     unknown = sorted(set(truth) - names)
     if unknown:
@@ -137,8 +155,8 @@ def manifest_entries(
     root: str | Path,
     machine: str,
     split_dir: str,
-    ground_truth: str | Path | None = None,
-    domain_truth: str | Path | None = None,
+    ground_truth: TruthFiles = None,
+    domain_truth: TruthFiles = None,
 ) -> list[dict[str, Any]]:
     """Manifest entries for every `*.wav` in `root/<machine>/<split_dir>/`, sorted by file name.
 
@@ -146,8 +164,8 @@ def manifest_entries(
     `{"id": "<machine>/<stem>", "audio": path, "duration": seconds, "machine", "section", "domain", "label",
     "attributes"}`; `label` is left out where neither the name nor `ground_truth` gives one, and `domain` where the
     name has none (evaluation clips). `ground_truth` (a DCASE ground-truth CSV) labels evaluation clips and
-    `domain_truth` (a ground-truth domain CSV) gives their domains; each must cover every clip without one, name no
-    other file, and agree with what a name carries.
+    `domain_truth` (a ground-truth domain CSV) gives their domains (either may be a list: one CSV per section); each
+    must cover every clip without one, name no other file, and agree with what a name carries.
     """
     folder = Path(root) / machine / split_dir
     if not folder.is_dir():
@@ -156,15 +174,15 @@ def manifest_entries(
     if not paths:
         raise ValueError(f"{folder} has no .wav files")
     names = {path.name for path in paths}
-    labels = read_ground_truth(ground_truth) if ground_truth is not None else {}
-    domains = read_ground_truth(domain_truth, DOMAINS) if domain_truth is not None else {}
-    _check_truth(labels, ground_truth, names, folder)
-    _check_truth(domains, domain_truth, names, folder)
+    labels, label_files = _read_truths(ground_truth, LABELS)
+    domains, domain_files = _read_truths(domain_truth, DOMAINS)
+    _check_truth(labels, label_files, names, folder)
+    _check_truth(domains, domain_files, names, folder)
     entries = []
     for path in paths:
         parsed = parse_dcase_name(path)
-        label = _merge(parsed.label, labels, path, ground_truth, "label")
-        domain = _merge(parsed.domain, domains, path, domain_truth, "domain")
+        label = _merge(parsed.label, labels, path, label_files, "label")
+        domain = _merge(parsed.domain, domains, path, domain_files, "domain")
         info = soundfile.info(str(path))
         entry: dict[str, Any] = {
             "id": f"{machine}/{path.stem}",

@@ -139,3 +139,33 @@ def plot_roc(
     if title:
         ax.set_title(title)
     return save(fig, path)
+
+
+def plot_grouped_bars(
+    panels: dict[str, tuple[Sequence[str], Sequence[str], Sequence[Sequence[float]]]],
+    path: str | Path,
+    ylabel: str = "",
+    title: str = "",
+) -> Path:
+    """Grouped bar charts side by side: `panels[name] = (groups, series, heights [series][group])`, e.g. one panel
+    per task, one group per metric, one bar per run. A NaN height draws no bar. Returns the path."""
+    widths = [max(len(groups), 1) for groups, _, _ in panels.values()]
+    fig = Figure(figsize=(max(6.0, 1.3 * sum(widths) + 2.5), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+    for axis, (name, (groups, series, heights)) in zip(axes, panels.items(), strict=True):
+        positions = np.arange(len(groups))
+        width = 0.8 / max(len(series), 1)
+        for i, (label, values) in enumerate(zip(series, heights, strict=True)):
+            offsets = positions + (i - (len(series) - 1) / 2) * width
+            bars = axis.bar(offsets, values, width, label=label)
+            if len(series) * len(groups) <= 24:  # more numbers than that only clutter the bars
+                axis.bar_label(bars, fmt="%.1f", fontsize="x-small", padding=1)
+        axis.set_xticks(positions, list(groups), rotation=30, ha="right")
+        axis.set_title(name)
+        axis.set_ylabel(ylabel)
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=1)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

@@ -3,6 +3,7 @@ branch, which reads each clip's valid samples only."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from downstream.asd import FeatExHead, PooledEmbedding, SpectrumEmbedding, featex_targets
 from downstream.losses import build_loss
@@ -47,6 +48,8 @@ def test_exchange_happens_only_in_training_with_the_configured_probability_and_n
     output = head(*inputs)
     assert torch.equal(output.partners, torch.arange(64)) and output.logits.shape == (64, 6)
     assert torch.allclose(output.embeddings, head.embed(*inputs)) and output.embeddings.shape == (64, 16)
+    halves = output.embeddings.split(8, dim=1)  # each half of unit length, so neither branch outweighs the other
+    assert all(torch.allclose(half.norm(dim=1), torch.ones(64)) for half in halves)
 
 
 def test_the_classifier_of_an_exchanged_row_sees_its_partners_feature_half():
@@ -56,7 +59,7 @@ def test_the_classifier_of_an_exchanged_row_sees_its_partners_feature_half():
     head.feature_branch.eval()
     inputs = batch(4)
     output = head(*inputs)
-    halves = head.feature_branch(*inputs[:2]), head.spectrum_branch(*inputs[2:])
+    halves = F.normalize(head.feature_branch(*inputs[:2]), dim=1), F.normalize(head.spectrum_branch(*inputs[2:]), dim=1)
     pairs = torch.cat([halves[0][output.partners], halves[1]], dim=1)
     assert torch.allclose(output.logits, head.classifier(pairs))
 

@@ -35,8 +35,9 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 # run_task TASK: fit (resuming from the last checkpoint) and test TASK with conf/TASK.yaml on data/mini/TASK/ for
-# every upstream; arguments after TASK go to `strata test` only (e.g. the trials). A variant of the task sets
-# `task_args` (overrides for fit and test) and `suffix` (appended to the run folder's name).
+# every upstream, skipping runs whose results.json exists; arguments after TASK go to `strata test` only (e.g. the
+# trials). A variant of the task sets `task_args` (overrides for fit and test) and `suffix` (appended to the run
+# folder's name).
 task_args=()
 suffix=
 run_task() {
@@ -44,6 +45,10 @@ run_task() {
     require "${data_dir}/${task}/train.jsonl" 0
     for up in ${upstream}; do
         local run_dir="${exp_dir}/${task}/${up//[:\/]/_}_${interface}${suffix}"
+        if [ -f "${run_dir}/results.json" ]; then
+            log "already done: ${run_dir}/results.json (delete it to run again)"
+            continue
+        fi
         log "${task} with ${up} (${interface}, ${trainable}) -> ${run_dir}"
         local started=${SECONDS}
         local common=(--config "conf/${task}.yaml" --seed_everything "${seed}"

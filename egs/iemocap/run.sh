@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# IEMOCAP emotion recognition, the SUPERB ER protocol: four classes (neu, hap + exc, ang, sad), five
+# leave-one-session-out folds, unweighted (UA) and weighted (WA) accuracy averaged over the folds.
+# Stages: -1 download (IEMOCAP is licensed: says where to request it), 0 prepare manifests, 1 fit, 2 test,
+# 3 report (per fold and mean).
+#   bash run.sh --iemocap_root /data/IEMOCAP_full_release
+#   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv -- --trainer.max_epochs 10
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=0
+stop_stage=3
+iemocap_root=              # the IEMOCAP_full_release folder (Session1 ... Session5)
+data_dir=data/iemocap
+exp_dir=exp
+upstream=hubert_base
+interface=weighted_sum
+trainable=frozen
+tag=
+seed=0
+folds="1 2 3 4 5"
+valid_fraction=0.1         # of each emotion in the four training sessions, held out to validate
+usage="usage: bash run.sh --iemocap_root DIR [--stage N] [--stop_stage N] [--upstream NAME] [--interface NAME]
+       [--trainable frozen|all|top:K] [--tag TAG] [--folds '1 2 3 4 5'] [-- strata overrides]"
+. ../utils/parse_options.sh
+. ../utils/recipe.sh
+
+if stage_on -1; then
+    log "Stage -1: IEMOCAP cannot be downloaded by a script: request it at https://sail.usc.edu/iemocap/ (a licence"
+    log "agreement), unpack IEMOCAP_full_release.tar.gz and pass --iemocap_root <folder>/IEMOCAP_full_release"
+fi
+
+if stage_on 0; then
+    require_option iemocap_root
+    log "Stage 0: manifests of ${iemocap_root} into ${data_dir} (5 folds)"
+    python local/prepare.py --root "${iemocap_root}" --out "${data_dir}" --seed "${seed}" \
+        --valid-fraction "${valid_fraction}"
+fi
+
+name=$(run_name)
+if stage_on 1 || stage_on 2; then
+    for k in ${folds}; do
+        fold="${data_dir}/fold${k}"
+        require "${fold}/train.jsonl" 0
+        log "Stages 1-2: fold ${k} (test on Session ${k}) with ${upstream}"
+        fit_and_test "${exp_dir}/emotion/${name}/fold${k}" "${fold}/train.jsonl" "${fold}/valid.jsonl" \
+            "${fold}/test.jsonl" -- ../../recipes/configs/emotion.yaml conf/emotion.yaml
+    done
+fi
+
+if stage_on 3; then
+    log "Stage 3: UA / WA per fold and their mean (${exp_dir}/emotion/${name})"
+    python local/mean_over_folds.py "${exp_dir}/emotion/${name}"
+fi
