@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -264,6 +265,31 @@ def from_kaldi(directory: str | Path, root: str | Path = ".") -> list[dict[str, 
         for utt, (values, _) in table.items():
             by_id[utt][field] = values[0].strip() if field == "text" else values[0]
     return entries
+
+
+def absent_audio(paths: Sequence[str | Path], listing: Path, what: str, hint: str, show: int = 3) -> set[str]:
+    """The paths among `paths` (the audio files a dataset's lists name) that do not exist, as strings.
+
+    A dataset prepared from a partly unpacked tree loses a few files: they are listed in `listing`, counted in one
+    warning on stderr, and left out by the caller. More than half absent means the lists and the audio are not of
+    one tree (a wrong root): an error ending with `hint`. With none absent a stale `listing` is removed. `what`
+    describes the paths in the messages (`labelled utterances`, `wav files that veri_test2.txt names`).
+    """
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if not missing:
+        listing.unlink(missing_ok=True)  # a re-run after fixing the tree leaves no stale list
+        return set()
+    first = ", ".join(missing[:show])
+    if len(missing) * 2 > len(paths):
+        raise ValueError(f"{len(missing)} of the {len(paths)} {what} do not exist, first: {first}: {hint}")
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f"{path}\n" for path in missing), encoding="utf-8")
+    print(
+        f"WARNING: skipping {len(missing)} of the {len(paths)} {what}, which do not exist (listed in {listing}), "
+        f"first: {first}",
+        file=sys.stderr,
+    )
+    return set(missing)
 
 
 def summarize(entries: Sequence[dict[str, Any]]) -> str:

@@ -137,13 +137,13 @@ def test_missing_wav_is_skipped_listed_and_warned_once(root, tmp_path, capsys):
     expected = root / "Session2/sentences/wav/Ses02F_impro01" / f"{MISSING}.wav"
     assert (tmp_path / "data" / "missing.txt").read_text().splitlines() == [str(expected)]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and "1 of 30" in warnings[0] and str(expected) in warnings[0]
+    assert len(warnings) == 1 and "1 of the 30" in warnings[0] and str(expected) in warnings[0]
 
 
 def test_more_than_half_missing_wavs_is_an_error(root, tmp_path):
     for wav in sorted(root.glob("Session[1-3]/sentences/wav/*/*.wav")):
         wav.unlink()
-    with pytest.raises(ValueError, match=r"of 30 labelled utterances have no wav.*is --root"):
+    with pytest.raises(ValueError, match=r"of the 30 labelled utterances' wav files do not exist.*is --root"):
         run(root, tmp_path / "data")
 
 

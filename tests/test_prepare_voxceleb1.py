@@ -124,7 +124,7 @@ def test_more_than_half_of_the_trial_wavs_missing_is_an_error(root, tmp_path):
         wav.unlink()
     for wav in (root / "wav" / "id10300").glob("1zcIwhmdeo4/*.wav"):
         wav.unlink()
-    with pytest.raises(ValueError, match=r"4 of the 6 wav files that .*veri_test2.txt names are not under"):
+    with pytest.raises(ValueError, match=r"4 of the 6 wav files that .*veri_test2.txt names do not exist"):
         run(root, tmp_path / "data", "--tasks", "sv")
 
 

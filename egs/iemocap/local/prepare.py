@@ -22,7 +22,6 @@ the id gives) and session (1-5):
 import argparse
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from recipes.audio import audio_duration
 from recipes.data import write_jsonl
+from recipes.manifests import absent_audio
 
 SESSIONS = (1, 2, 3, 4, 5)
 CLASSES = ("neu", "hap", "ang", "sad")
@@ -44,7 +44,6 @@ WAV_DIR = "sentences/wav"
 LABEL_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(\S+)\s+(\S+)")
 # Ses01F_impro01_F000, Ses01F_script01_1_M012: session, the dialog's first speaker, dialog, speaker gender, turn.
 UTTERANCE_ID = re.compile(r"Ses0([1-5])[FM]_\S+_([FM])\d+")
-SHOW_MISSING = 3
 
 
 @dataclass(frozen=True)
@@ -147,28 +146,14 @@ def report_labels(utterances: list[Utterance]) -> None:
 
 
 def find_missing(root: Path, utterances: list[Utterance], out: Path) -> list[Utterance]:
-    """The utterances whose wav is there. The absent ones are listed in `<out>/missing.txt` and counted in one
-    warning; more than half absent means the labels and the audio are not of one tree, which is an error."""
-    missing = [u for u in utterances if not audio_path(root, u).is_file()]
-    listing = out / "missing.txt"
-    if not missing:
-        listing.unlink(missing_ok=True)  # a re-run after fixing the tree leaves no stale list
-        return utterances
-    paths = [str(audio_path(root, u)) for u in missing]
-    if len(missing) * 2 > len(utterances):
-        raise ValueError(
-            f"{len(missing)} of {len(utterances)} labelled utterances have no wav under {root}/Session*/{WAV_DIR}, "
-            f"first: {', '.join(paths[:SHOW_MISSING])}: is --root the IEMOCAP_full_release folder, fully unpacked?"
-        )
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{path}\n" for path in paths), encoding="utf-8")
-    print(
-        f"WARNING: skipping {len(missing)} of {len(utterances)} labelled utterances whose wav does not exist "
-        f"(listed in {listing}), first: {', '.join(paths[:SHOW_MISSING])}",
-        file=sys.stderr,
+    """The utterances whose wav is there; the absent ones are listed in `<out>/missing.txt` (see `absent_audio`)."""
+    absent = absent_audio(
+        [audio_path(root, u) for u in utterances],
+        out / "missing.txt",
+        "labelled utterances' wav files",
+        f"is --root ({root}) the IEMOCAP_full_release folder, fully unpacked?",
     )
-    absent = {u.id for u in missing}
-    return [u for u in utterances if u.id not in absent]
+    return [u for u in utterances if str(audio_path(root, u)) not in absent]
 
 
 def make_entries(root: Path, utterances: list[Utterance]) -> list[dict]:

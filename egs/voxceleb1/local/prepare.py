@@ -21,7 +21,6 @@ A listed wav that does not exist is skipped (a trial naming one is dropped), cou
 
 import argparse
 import os
-import sys
 from collections.abc import Collection, Iterable
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from recipes.audio import audio_duration
 from recipes.data import write_jsonl
+from recipes.manifests import absent_audio
 from recipes.trials import read_trials, write_trials
 
 TASKS = ("sid", "sv")
@@ -38,7 +38,6 @@ LISTS = {"sid": "iden_split.txt", "sv": "veri_test2.txt"}  # task -> the list it
 SID_SPLITS = {"1": "train", "2": "valid", "3": "test"}
 SID_FORM = "`<1|2|3> <speaker>/<video>/<NNNNN>.wav`"
 SV_FORM = "`<1|0> <speaker>/<video>/<NNNNN>.wav <speaker>/<video>/<NNNNN>.wav`"
-SHOW_MISSING = 3
 
 Row = tuple[int, str, list[str]]  # line number, label, wav names
 
@@ -99,27 +98,14 @@ def speaker_of(name: str) -> str:
 
 
 def find_missing(wav_dir: Path, names: list[str], source: Path, listing: Path) -> set[str]:
-    """The names among `names` (unique) whose wav is absent: counted in one warning and listed in `listing`. More
-    than half absent means the list and the audio are not of one tree, which is an error."""
-    missing = [name for name in names if not (wav_dir / name).is_file()]
-    if not missing:
-        listing.unlink(missing_ok=True)  # a re-run after fixing the tree leaves no stale list
-        return set()
-    paths = [str(wav_dir / name) for name in missing]
-    first = ", ".join(paths[:SHOW_MISSING])
-    if len(missing) * 2 > len(names):
-        raise ValueError(
-            f"{len(missing)} of the {len(names)} wav files that {source} names are not under {wav_dir}, first: "
-            f"{first}: is --root the VoxCeleb1 folder, with the dev and test archives both unpacked into wav/?"
-        )
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{path}\n" for path in paths), encoding="utf-8")
-    print(
-        f"WARNING: skipping {len(missing)} of the {len(names)} wav files that {source} names, which do not exist "
-        f"(listed in {listing}), first: {first}",
-        file=sys.stderr,
+    """The names among `names` (unique) whose wav is absent, listed in `listing` (see `absent_audio`)."""
+    absent = absent_audio(
+        [wav_dir / name for name in names],
+        listing,
+        f"wav files that {source} names",
+        f"is --root the VoxCeleb1 folder, with the dev and test archives both unpacked into {wav_dir}?",
     )
-    return set(missing)
+    return {name for name in names if str(wav_dir / name) in absent}
 
 
 class Durations:
