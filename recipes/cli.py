@@ -105,6 +105,38 @@ def report(args: argparse.Namespace) -> None:
         print(markdown_table(header, rows))
 
 
+def _extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream", required=True, help="preset or source (see `strata upstreams`)")
+    parser.add_argument("--manifest", nargs="+", required=True, help="one or more JSONL manifests (train, valid, test)")
+    parser.add_argument("--out", required=True, help="the cache folder, e.g. cache/hubert_base/")
+    parser.add_argument("--layers", default="all", help="all (default) or hidden-state indices, e.g. 0,4,8")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="stored type")
+    parser.add_argument("--batch-seconds", type=float, default=100.0, help="padded audio per batch (default 100)")
+    parser.add_argument("--shard-seconds", type=float, default=600.0, help="audio per shard file (default 600)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+
+
+@command("extract", "run a frozen upstream once and cache every layer for training and probing", _extract_arguments)
+def extract_features(args: argparse.Namespace) -> None:
+    import time
+
+    from .cache import FeatureCache, extract
+
+    started = time.perf_counter()
+    index = extract(args.upstream, args.manifest, args.out, args.layers, args.dtype, args.batch_seconds,
+                    args.shard_seconds, args.device)  # fmt: skip
+    elapsed = time.perf_counter() - started
+    cache = FeatureCache(args.out)
+    layers = "all" if len(index.layers) == index.num_layers else ",".join(map(str, index.layers))
+    print(
+        f"cached {len(index.utterances)} utterances ({index.seconds / 3600:.2f} h) of {args.upstream}, layers "
+        f"{layers} of {index.num_layers}, {args.dtype}, "
+        f"{cache.size_bytes() / 2**30:.2f} GiB in {len(index.shards)} shard(s), {elapsed:.0f} s "
+        f"({index.seconds / max(elapsed, 1e-9):.0f} audio-s/s) -> {args.out}\n"
+        f"train from it with --data.features {args.out}"
+    )
+
+
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders (with results.json) or folders searched for them")
     parser.add_argument("--out", required=True, help="folder for compare.md and compare.png")

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
@@ -29,6 +30,9 @@ class ManifestDataModule(L.LightningDataModule):
 
     Verification scores pairs of test utterances from `trials` (`<1|0> <enroll id> <test id>` a line); its
     validation scores `valid_trials`, or balanced trials drawn from the valid manifest's speakers when unset.
+
+    `features` (a `strata extract` folder) serves the upstream's cached hidden states instead of audio, so a frozen
+    upstream is not run again every epoch; the cache must be of the run's upstream, with every layer and utterance.
     """
 
     def __init__(
@@ -41,8 +45,11 @@ class ManifestDataModule(L.LightningDataModule):
         max_batch_seconds: float = 120.0,
         num_workers: int = 2,
         seed: int | None = None,
+        features: str | None = None,
     ) -> None:
         super().__init__()
+        self.features = features
+        self.cache: FeatureCache | None = None
         self.train, self.valid, self.test = train, valid, test
         self.trials, self.valid_trials = trials, valid_trials
         self.split_trials: dict[str, Trials] = {}
@@ -53,7 +60,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.sample_rate = 16000
         self.min_samples = 0
         self.frame_rate = 100.0
-        self.datasets: dict[str, AudioDataset] = {}
+        self.datasets: dict[str, AudioDataset | CachedFeatureDataset] = {}
 
     def bind(self, task: Task, sample_rate: int, min_samples: int = 0, frame_rate: float = 100.0) -> ManifestDataModule:
         self.task, self.sample_rate, self.min_samples, self.frame_rate = task, sample_rate, min_samples, frame_rate
@@ -71,6 +78,8 @@ class ManifestDataModule(L.LightningDataModule):
             module = trainer.lightning_module
             upstream = module.upstream
             self.bind(module.task, upstream.sample_rate, getattr(upstream, "min_samples", 0), upstream.frame_rate)
+            if self.features is not None and self.cache is None:
+                self.cache = self._open_cache(module)
             if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
                 raise ValueError(
                     "strata's bucketed batches shard themselves across processes; "
@@ -85,15 +94,31 @@ class ManifestDataModule(L.LightningDataModule):
             if split in self.datasets and str(self.datasets[split].manifest.path) == str(path):
                 continue
             manifest = self._usable(read_manifest(path, fields=self.task.fields_for(split)), split)
-            self.datasets[split] = AudioDataset(
-                manifest,
-                self.sample_rate,
-                targets=self.task.targets(manifest, split),
-                min_samples=self.min_samples,
-                crop_seconds=self.task.train_crop_seconds if split == "train" else None,
-            )
+            targets = self.task.targets(manifest, split)
+            crop_seconds = self.task.train_crop_seconds if split == "train" else None
+            if self.cache is not None:
+                self.cache.check(self.upstream_name, self.fingerprint, manifest)
+                self.datasets[split] = CachedFeatureDataset(manifest, self.cache, targets, crop_seconds)
+            else:
+                self.datasets[split] = AudioDataset(
+                    manifest, self.sample_rate, targets, min_samples=self.min_samples, crop_seconds=crop_seconds
+                )
             if self.task.uses_trials and split != "train":
                 self.split_trials[split] = self._read_trials(split, manifest)
+
+    def _open_cache(self, module: L.LightningModule) -> FeatureCache:
+        """The feature cache, after refusing what it cannot serve: a trainable upstream (its features change as it
+        trains) or a head that reads the audio itself (FeatEx's spectrum branch)."""
+        if module.upstream.trainable != "frozen":
+            raise ValueError(
+                f"--data.features {self.features}: cached features stand in for a frozen upstream only; this run "
+                f"trains it (trainable {module.upstream.trainable!r}). Drop --data.features or freeze the upstream"
+            )
+        if getattr(module.head, "reads_audio", False):
+            raise ValueError(f"--data.features {self.features}: the {module.task.name} head reads the audio too "
+                             "(featex); train it from audio")  # fmt: skip
+        self.upstream_name, self.fingerprint = module.upstream_config.name, upstream_fingerprint(module.upstream)
+        return FeatureCache(self.features)
 
     def _usable(self, manifest: Manifest, split: str) -> Manifest:
         """`manifest` without the utterances the task drops; the dropped ones are counted once, by reason, and
@@ -155,10 +180,11 @@ class ManifestDataModule(L.LightningDataModule):
             num_replicas=world_size,
             rank=rank,
         )
+        collate = FeatureCollate if self.cache is not None else PadCollate
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=PadCollate(self.task.collate_targets),
+            collate_fn=collate(self.task.collate_targets),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from tqdm import tqdm
 
 from downstream.normalization import FeatureNorm
@@ -130,14 +131,24 @@ class SSLTaskModule(L.LightningModule):
             raise ValueError(f"the {self.task.name} head makes no utterance embedding")
         return self.head.embed(*self.head_inputs(wavs, wav_lengths))
 
+    def batch_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """What the head is called with for a batch: from its audio (`wavs`), or from cached hidden states
+        (`hidden_states`, `lengths`; see recipes.cache), which skip the upstream."""
+        if "hidden_states" not in batch:
+            return self.head_inputs(batch["wavs"], batch["wav_lengths"])
+        features = self.interface(batch["hidden_states"], batch["lengths"])
+        if self.feature_norm is not None:
+            features = self.feature_norm(features, batch["lengths"])
+        return features, batch["lengths"]
+
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
-        outputs = self(batch["wavs"], batch["wav_lengths"])
+        outputs = self.head(*self.batch_inputs(batch))
         loss = self.task.loss(outputs, batch["targets"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["ids"]))
         return loss
 
     def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:
-        outputs = self(batch["wavs"], batch["wav_lengths"])
+        outputs = self.head(*self.batch_inputs(batch))
         if "targets" in batch:  # verification scores held-out speakers through trials, without a loss
             loss = self.task.loss(outputs, batch["targets"])
             batch_size = len(batch["ids"])
@@ -188,9 +199,8 @@ class SSLTaskModule(L.LightningModule):
         progress = tqdm(loader, desc=f"embedding {split}", unit="batch", disable=not self.trainer.is_global_zero)
         with torch.no_grad():
             for batch in progress:
-                table.add(
-                    batch["indices"], self.embed(batch["wavs"].to(self.device), batch["wav_lengths"].to(self.device))
-                )
+                inputs = self.batch_inputs(move_data_to_device(batch, self.device))
+                table.add(batch["indices"], self.head.embed(*inputs))
         table.gather(self._reduce, f"{split} utterances")
         if table.num_filled < table.size:
             raise ValueError(f"not every {split} utterance was embedded")

@@ -1,0 +1,422 @@
+"""The frozen-upstream feature cache: run the upstream once, train and probe many times from disk.
+
+`extract` runs an upstream over one or more manifests (one cache keyed by utterance id, so train, valid and test
+share it) and stores every requested hidden layer of every utterance, unpadded, in shards:
+
+    <out>/shard_00000.safetensors   one tensor `hidden [L', F, D]`: the frames of its utterances end to end
+    <out>/index.json                upstream, fingerprint, layers, dtype, manifest hashes, id -> shard, offset, frames
+
+safetensors files are memory-mapped by the reader (`safe_open`), so reading an utterance copies its frames only.
+A shard is written under a temporary name and renamed when complete; the shard plan is a function of the manifests
+and `shard_seconds`, so a rerun after a kill skips the finished shards and writes the same index. The index is
+written last: a folder without one is an unfinished extraction.
+
+`FeatureCache` reads it back and refuses a cache that does not match the run reading it: another upstream or other
+weights (the fingerprint), missing layers, a manifest whose contents changed since extraction, or utterances that
+are not in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .audio import read_audio
+from .data import Manifest, bucket_batches, read_manifest
+
+INDEX = "index.json"
+FORMAT = "strata-feature-cache/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CacheError(ValueError):
+    """A cache that cannot serve the run reading it; the message says why and how to make one that can."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def upstream_fingerprint(upstream: torch.nn.Module) -> str:
+    """A short hash of an upstream's architecture and weights: two runs agree on it exactly when their features can.
+
+    It hashes the class, the sizes, and each parameter and buffer's name, shape and (sum, sum of squares) in float64:
+    cheap for a base-sized model (one pass over the weights), and a different checkpoint or seed changes it.
+    """
+    digest = hashlib.sha256()
+    sizes = [getattr(upstream, k, None) for k in ("num_layers", "hidden_size", "downsample_rate", "sample_rate")]
+    digest.update(f"{type(upstream).__qualname__}{sizes}".encode())
+    with torch.no_grad():
+        for name, tensor in [*upstream.named_parameters(), *upstream.named_buffers()]:
+            values = tensor.detach().double()
+            digest.update(
+                f"{name}{tuple(tensor.shape)}{float(values.sum()):.9e}{float((values**2).sum()):.9e}".encode()
+            )
+    return digest.hexdigest()[:16]
+
+
+def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
+    """`all` or `0,4,8` (or a list) -> sorted unique hidden-state indices, checked against `num_layers` (L+1)."""
+    if isinstance(text, str):
+        if text.strip() == "all":
+            return list(range(num_layers))
+        try:
+            text = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise CacheError(f"--layers must be `all` or comma-separated integers like 0,4,8; got {text!r}") from None
+    layers = sorted(set(text))
+    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+        raise CacheError(f"layers {list(text)} are not among the upstream's hidden states 0-{num_layers - 1}")
+    return layers
+
+
+@dataclass
+class CacheIndex:
+    """What `index.json` holds."""
+
+    upstream: str
+    fingerprint: str
+    num_layers: int
+    hidden_size: int
+    frame_rate: float
+    layers: list[int]
+    dtype: str
+    manifests: dict[str, str]  # absolute path -> sha256 of its contents at extraction
+    shards: list[str]
+    utterances: dict[str, list[int]]  # id -> [shard, offset, frames]
+    seconds: float = 0.0  # audio extracted
+    format: str = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / INDEX
+        partial = folder / f".{INDEX}.partial"
+        partial.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> CacheIndex:
+        path = Path(folder) / INDEX
+        if not path.is_file():
+            hint = " (an unfinished extraction: rerun `strata extract`)" if any(Path(folder).glob("shard_*")) else ""
+            raise CacheError(f"{folder} is not a feature cache: no {INDEX}{hint}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise CacheError(f"{path} has format {data.get('format')!r}; this strata reads {FORMAT!r}")
+        return cls(**data)
+
+
+def _utterances(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
+    """Every utterance of the manifests once (an id in two manifests must name the same audio and segment)."""
+    seen: dict[str, tuple[dict[str, Any], str]] = {}
+    for manifest in manifests:
+        for i, entry in enumerate(manifest.entries):
+            key = (entry["audio"], entry.get("start"), entry.get("end"))
+            if entry["id"] in seen:
+                first, where = seen[entry["id"]]
+                if (first["audio"], first.get("start"), first.get("end")) != key:
+                    raise CacheError(
+                        f"id {entry['id']!r} names {entry['audio']} in {manifest.where(i)} but {first['audio']} in "
+                        f"{where}: one cache keys utterances by id, so ids must be unique across the manifests"
+                    )
+                continue
+            seen[entry["id"]] = (entry, manifest.where(i))
+    return [entry for entry, _ in seen.values()]
+
+
+def plan_shards(entries: list[dict[str, Any]], shard_seconds: float) -> list[list[dict[str, Any]]]:
+    """Utterances sorted by duration (then id), cut into shards of about `shard_seconds` of audio: a function of the
+    inputs only, so a rerun finds the same shards."""
+    order = sorted(entries, key=lambda e: (float(e["duration"]), e["id"]))
+    shards: list[list[dict[str, Any]]] = [[]]
+    total = 0.0
+    for entry in order:
+        if shards[-1] and total + float(entry["duration"]) > shard_seconds:
+            shards.append([])
+            total = 0.0
+        shards[-1].append(entry)
+        total += float(entry["duration"])
+    return [shard for shard in shards if shard]
+
+
+def _shard_key(shard: list[dict[str, Any]], settings: str) -> str:
+    return hashlib.sha256((settings + "\n".join(e["id"] for e in shard)).encode()).hexdigest()[:16]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def extract(
+    upstream_name: str,
+    manifests: Sequence[str | Path],
+    out: str | Path,
+    layers: str | Sequence[int] = "all",
+    dtype: str = "float16",
+    batch_seconds: float = 100.0,
+    shard_seconds: float = 600.0,
+    device: str = "auto",
+    progress: bool = True,
+) -> CacheIndex:
+    """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
+
+    Batches are length-bucketed (`batch_seconds` of padded audio), run without autograd, under bf16 autocast on a
+    GPU; the stored values are cast to `dtype`. Returns the index.
+    """
+    from upstream import build_upstream
+
+    if dtype not in DTYPES:
+        raise CacheError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parsed = [read_manifest(path) for path in manifests]
+    entries = _utterances(parsed)
+    if not entries:
+        raise CacheError("the manifests have no utterances to extract")
+    target = _device(device)
+    upstream = build_upstream(upstream_name).to(target).eval()
+    chosen = parse_layers(layers, upstream.num_layers)
+    fingerprint = upstream_fingerprint(upstream)
+    settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|"
+    plan = plan_shards(entries, shard_seconds)
+    names, utterances = [], {}
+    total_seconds = sum(float(e["duration"]) for e in entries)
+    bar = tqdm(total=len(entries), unit="utt", desc=f"extracting {upstream_name}", disable=not progress)
+    started, done_seconds = time.perf_counter(), 0.0
+    for number, shard in enumerate(plan):
+        name = f"shard_{number:05d}.safetensors"
+        names.append(name)
+        key = _shard_key(shard, settings)
+        path = out / name
+        offsets = _read_offsets(path, key)
+        if offsets is None:
+            offsets = _write_shard(upstream, shard, path, key, chosen, DTYPES[dtype], batch_seconds, target)
+        for entry in shard:
+            offset, frames = offsets[entry["id"]]
+            utterances[entry["id"]] = [number, offset, frames]
+        done_seconds += sum(float(e["duration"]) for e in shard)
+        bar.update(len(shard))
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f"{done_seconds / elapsed:.1f} audio-s/s")
+    bar.close()
+    index = CacheIndex(
+        upstream=upstream_name,
+        fingerprint=fingerprint,
+        num_layers=upstream.num_layers,
+        hidden_size=upstream.hidden_size,
+        frame_rate=upstream.frame_rate,
+        layers=chosen,
+        dtype=dtype,
+        manifests={os.path.abspath(m.path): file_sha256(m.path) for m in parsed},
+        shards=names,
+        utterances=utterances,
+        seconds=total_seconds,
+    )
+    for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
+        (out / stale).unlink()  # shards of an earlier plan for this folder
+    index.write(out)
+    return index
+
+
+def _read_offsets(path: Path, key: str) -> dict[str, tuple[int, int]] | None:
+    """The finished shard's `id -> (offset, frames)`, if `path` is that shard (same utterances and settings)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # a truncated or foreign file: written again
+        return None
+    if metadata.get("key") != key:
+        return None
+    return {k: tuple(v) for k, v in json.loads(metadata["offsets"]).items()}
+
+
+def _write_shard(
+    upstream: torch.nn.Module,
+    shard: list[dict[str, Any]],
+    path: Path,
+    key: str,
+    layers: list[int],
+    dtype: torch.dtype,
+    batch_seconds: float,
+    device: torch.device,
+) -> dict[str, tuple[int, int]]:
+    pieces: dict[str, torch.Tensor] = {}
+    for batch in bucket_batches([float(e["duration"]) for e in shard], batch_seconds):
+        items = [shard[i] for i in batch]
+        wavs = [read_audio(e["audio"], upstream.sample_rate, e.get("start"), e.get("end")) for e in items]
+        lengths = torch.tensor([max(w.numel(), upstream.min_samples) for w in wavs])
+        padded = torch.zeros(len(wavs), int(lengths.max()))
+        for row, wav in enumerate(wavs):
+            padded[row, : wav.numel()] = wav
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+        with torch.no_grad(), autocast:
+            output = upstream(padded.to(device), lengths.to(device))
+        stacked = torch.stack([output.hidden_states[layer] for layer in layers])  # [L', B, T, D]
+        for row, entry in enumerate(items):
+            frames = int(output.lengths[row])
+            pieces[entry["id"]] = stacked[:, row, :frames].to(dtype).cpu()
+    offsets, position = {}, 0
+    for entry in shard:
+        frames = pieces[entry["id"]].size(1)
+        offsets[entry["id"]] = (position, frames)
+        position += frames
+    hidden = torch.cat([pieces[e["id"]] for e in shard], dim=1).contiguous()
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({"hidden": hidden}, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
+    os.replace(partial, path)
+    return offsets
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class FeatureCache:
+    """Read access to a cache folder: `hidden(id) -> [L', T, D]` float32, memory-mapped from its shard."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.index = CacheIndex.read(self.folder)
+        self._handles: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own memory maps
+        return {"folder": self.folder, "index": self.index, "_handles": {}}
+
+    def __contains__(self, utterance: str) -> bool:
+        return utterance in self.index.utterances
+
+    def frames(self, utterance: str) -> int:
+        return self.index.utterances[utterance][2]
+
+    def hidden(self, utterance: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Frames `start:stop` of every cached layer of `utterance`: `[L', T, D]` float32."""
+        shard, offset, frames = self.index.utterances[utterance]
+        stop = frames if stop is None else min(stop, frames)
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.folder / self.index.shards[shard]), framework="pt")
+        return self._handles[shard].get_slice("hidden")[:, offset + start : offset + stop].float()
+
+    def check(self, upstream_name: str, fingerprint: str, manifest: Manifest, all_layers: bool = True) -> None:
+        """Refuse, with the reason, a cache that cannot stand in for `upstream_name` on `manifest`."""
+        index, where = self.index, self.folder
+        redo = f"re-extract: strata extract --upstream {upstream_name} --manifest ... --out {where}"
+        if index.upstream != upstream_name or index.fingerprint != fingerprint:
+            raise CacheError(
+                f"{where} holds features of {index.upstream} (fingerprint {index.fingerprint}), but this run's "
+                f"upstream is {upstream_name} (fingerprint {fingerprint}); {redo}"
+            )
+        if all_layers and index.layers != list(range(index.num_layers)):
+            raise CacheError(
+                f"{where} has layers {index.layers} of {index.num_layers}; training reads every hidden state "
+                f"(extract with --layers all)"
+            )
+        path = os.path.abspath(manifest.path)
+        if path in index.manifests and index.manifests[path] != file_sha256(path):
+            raise CacheError(f"{manifest.path} changed since {where} was extracted from it; {redo}")
+        missing = [e["id"] for e in manifest.entries if e["id"] not in index.utterances]
+        if missing:
+            raise CacheError(
+                f"{len(missing)} utterance(s) of {manifest.path} are not in {where}, e.g. {missing[0]!r}; extract "
+                f"with every manifest of the run: {redo}"
+            )
+
+    def size_bytes(self) -> int:
+        return sum((self.folder / name).stat().st_size for name in self.index.shards)
+
+    def bytes_per_hour_per_layer(self) -> float:
+        return self.size_bytes() / max(self.index.seconds / 3600, 1e-12) / len(self.index.layers)
+
+
+def frame_crop(frames: int, crop_seconds: float | None, frame_rate: float) -> tuple[int, int]:
+    """A random `crop_seconds` window of `frames` (all of them when shorter or no crop): `(start, stop)`."""
+    if crop_seconds is None:
+        return 0, frames
+    length = max(1, int(math.floor(crop_seconds * frame_rate)))
+    if frames <= length:
+        return 0, frames
+    start = int(torch.randint(frames - length + 1, ()))
+    return start, start + length
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """The cached hidden states of a manifest's utterances, in place of `AudioDataset`'s waveforms: items
+    `{"index", "id", "hidden": [L, T, D], "target"}`. With `crop_seconds`, a random window of that many seconds of
+    frames (the whole utterance when shorter), as `AudioDataset` crops audio."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        cache: FeatureCache,
+        targets: Sequence[Any] | None = None,
+        crop_seconds: float | None = None,
+    ) -> None:
+        if targets is not None and len(targets) != len(manifest):
+            raise ValueError(f"{len(targets)} targets for {len(manifest)} utterances of {manifest.path}")
+        self.manifest, self.cache, self.targets, self.crop_seconds = manifest, cache, targets, crop_seconds
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def durations(self) -> list[float]:
+        if self.crop_seconds is not None:
+            return [min(self.crop_seconds, d) for d in self.manifest.durations]
+        return self.manifest.durations
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.manifest.entries[index]
+        start, stop = frame_crop(self.cache.frames(entry["id"]), self.crop_seconds, self.cache.index.frame_rate)
+        item = {"index": index, "id": entry["id"], "hidden": self.cache.hidden(entry["id"], start, stop)}
+        if self.targets is not None:
+            item["target"] = self.targets[index]
+        return item
+
+
+class FeatureCollate:
+    """Pads cached hidden states to the longest in the batch: `hidden_states` (L tensors `[B, T, D]`, as an upstream
+    returns them), `lengths [B]`, ids, indices and collated targets."""
+
+    def __init__(self, collate_targets: Any = None) -> None:
+        self.collate_targets = collate_targets
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        lengths = torch.tensor([item["hidden"].size(1) for item in items], dtype=torch.long)
+        layers, _, size = items[0]["hidden"].shape
+        padded = torch.zeros(layers, len(items), int(lengths.max()), size)
+        for row, item in enumerate(items):
+            padded[:, row, : item["hidden"].size(1)] = item["hidden"]
+        batch = {
+            "ids": [item["id"] for item in items],
+            "indices": torch.tensor([item["index"] for item in items], dtype=torch.long),
+            "hidden_states": list(padded.unbind(0)),
+            "lengths": lengths,
+        }
+        if "target" in items[0]:
+            targets = [item["target"] for item in items]
+            batch["targets"] = self.collate_targets(targets) if self.collate_targets else torch.tensor(targets)
+        return batch

@@ -1,0 +1,144 @@
+"""The frozen-upstream feature cache: the round trip equals the live upstream, an extraction killed mid-run resumes
+into the same index, a cache that does not match the run is refused, and training from it starts where training
+from audio does."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from recipes.audio import read_audio
+from recipes.cache import CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
+from recipes.data import read_manifest, write_jsonl
+from recipes.datamodule import ManifestDataModule
+from recipes.module import SSLTaskModule, UpstreamConfig
+from recipes.tasks import EmotionTask
+from upstream import build_upstream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small(mini_corpus, tmp_path) -> Path:
+    """Twelve emotion utterances of the mini corpus, with absolute audio paths."""
+    manifest = read_manifest(mini_corpus / "emotion" / "train.jsonl")
+    entries = [{**e, "audio": str(Path(e["audio"]).resolve())} for e in manifest.entries[:12]]
+    return write_jsonl(tmp_path / "small.jsonl", entries)
+
+
+def test_fp32_cache_equals_the_upstream_run_on_each_utterance_and_fp16_is_close(small, tmp_path):
+    # Batches of one utterance (batch_seconds below any clip): the cached frames are what the upstream gives alone.
+    extract("tiny_hubert", [small], tmp_path / "fp32", dtype="float32", batch_seconds=0.01, shard_seconds=5,
+            progress=False)  # fmt: skip
+    extract("tiny_hubert", [small], tmp_path / "fp16", dtype="float16", batch_seconds=0.01, progress=False)
+    exact, half = FeatureCache(tmp_path / "fp32"), FeatureCache(tmp_path / "fp16")
+    upstream = build_upstream("tiny_hubert")
+    assert len(exact.index.shards) > 1 and exact.index.layers == list(range(upstream.num_layers))
+    for entry in read_manifest(small).entries:
+        wav = read_audio(entry["audio"], upstream.sample_rate)
+        with torch.no_grad():
+            live = upstream(wav[None])
+        expected = torch.stack(live.hidden_states)[:, 0, : int(live.lengths[0])]
+        assert torch.equal(exact.hidden(entry["id"]), expected)
+        assert torch.allclose(half.hidden(entry["id"]), expected, rtol=1e-2, atol=1e-2)
+        assert torch.equal(exact.hidden(entry["id"], 2, 5), expected[:, 2:5])
+
+
+def test_a_killed_extraction_resumes_from_its_finished_shards_into_the_same_index(mini_corpus, tmp_path):
+    # One utterance a shard, 256 shards: the kill lands after the first shard and long before the last.
+    manifest, out = mini_corpus / "emotion" / "train.jsonl", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "recipes.cli", "extract", "--upstream", "tiny_hubert", "--manifest", str(manifest),
+               "--out", str(out), "--shard-seconds", "0.1", "--batch-seconds", "0.01", "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "shard_00001.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted(out.glob("shard_*.safetensors"))
+    assert finished and not (out / "index.json").exists()  # killed before the end: no index yet
+    with pytest.raises(CacheError, match="unfinished extraction"):
+        FeatureCache(out)
+    stamps = {path.name: path.stat().st_mtime_ns for path in finished}
+    settings = {"shard_seconds": 0.1, "batch_seconds": 0.01, "progress": False}
+    resumed = extract("tiny_hubert", [manifest], out, **settings)
+    assert all((out / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())  # not written again
+    clean = extract("tiny_hubert", [manifest], tmp_path / "clean", **settings)
+    assert resumed.utterances == clean.utterances and resumed.shards == clean.shards
+    assert len(resumed.shards) == len(resumed.utterances) > len(finished)
+    for utterance in list(resumed.utterances)[::16]:
+        assert torch.equal(FeatureCache(out).hidden(utterance), FeatureCache(tmp_path / "clean").hidden(utterance))
+
+
+def test_a_cache_that_does_not_match_the_run_is_refused_with_the_reason(small, tmp_path):
+    extract("tiny_hubert", [small], tmp_path / "cache", progress=False)
+    cache = FeatureCache(tmp_path / "cache")
+    manifest = read_manifest(small)
+    hubert, wavlm = build_upstream("tiny_hubert"), build_upstream("tiny_wavlm")
+    cache.check("tiny_hubert", upstream_fingerprint(hubert), manifest)  # the matching run passes
+    with pytest.raises(CacheError, match="holds features of tiny_hubert .* upstream is tiny_wavlm"):
+        cache.check("tiny_wavlm", upstream_fingerprint(wavlm), manifest)
+    with torch.no_grad():
+        hubert.model.encoder.layers[0].attention.k_proj.weight.add_(0.1)  # other weights, same name
+    with pytest.raises(CacheError, match="fingerprint"):
+        cache.check("tiny_hubert", upstream_fingerprint(hubert), manifest)
+    extract("tiny_hubert", [small], tmp_path / "some", layers="0,2", progress=False)
+    with pytest.raises(CacheError, match=r"has layers \[0, 2\] of 5; training reads every hidden state"):
+        FeatureCache(tmp_path / "some").check("tiny_hubert", cache.index.fingerprint, manifest)
+    extra = write_jsonl(tmp_path / "more.jsonl", [*manifest.entries, {**manifest.entries[0], "id": "new"}])
+    with pytest.raises(CacheError, match="1 utterance\\(s\\) of .*more.jsonl are not in .*'new'"):
+        cache.check("tiny_hubert", cache.index.fingerprint, read_manifest(extra))
+    small.write_text(small.read_text() + "\n")  # the extracted manifest changed
+    with pytest.raises(CacheError, match="changed since"):
+        cache.check("tiny_hubert", cache.index.fingerprint, read_manifest(small))
+    with pytest.raises(CacheError, match="not among the upstream's hidden states 0-4"):
+        parse_layers("0,7", 5)
+
+
+class FirstLoss(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        self.loss = float(outputs["loss"])
+
+
+def first_step_loss(corpus: Path, features: str | None) -> float:
+    L.seed_everything(0)
+    module = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name="fbank"))
+    splits = {split: str(corpus / "emotion" / f"{split}.jsonl") for split in ("train", "valid")}
+    data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features)
+    callback = FirstLoss()
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        callbacks=[callback], enable_progress_bar=False, use_distributed_sampler=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return callback.loss
+
+
+def test_training_from_the_cache_gives_the_first_step_loss_of_training_from_audio(mini_corpus, tmp_path):
+    manifests = [mini_corpus / "emotion" / f"{split}.jsonl" for split in ("train", "valid")]
+    extract("fbank", manifests, tmp_path / "cache", dtype="float32", progress=False)
+    live, cached = first_step_loss(mini_corpus, None), first_step_loss(mini_corpus, str(tmp_path / "cache"))
+    assert cached == pytest.approx(live, rel=1e-5)
+
+
+def test_a_trainable_upstream_or_another_upstream_cannot_train_from_the_cache(mini_corpus, tmp_path, capsys):
+    from recipes.cli import main
+
+    manifests = [str(mini_corpus / "emotion" / f"{split}.jsonl") for split in ("train", "valid")]
+    extract("tiny_hubert", manifests, tmp_path / "cache", progress=False)
+    common = ["fit", "--config", str(ROOT / "egs" / "mini" / "conf" / "emotion.yaml"), "--data.train", manifests[0],
+              "--data.valid", manifests[1], "--data.features", str(tmp_path / "cache"), "--trainer.max_epochs", "1",
+              "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    trainable = [*common, "--model.upstream.name", "tiny_hubert", "--model.upstream.trainable", "all",
+                 "--trainer.default_root_dir", str(tmp_path / "a")]  # fmt: skip
+    assert main(trainable) == 2
+    assert "stand in for a frozen upstream only" in capsys.readouterr().err
+    other = [*common, "--model.upstream.name", "tiny_wavlm", "--trainer.default_root_dir", str(tmp_path / "b")]
+    assert main(other) == 2
+    assert "holds features of tiny_hubert" in capsys.readouterr().err
