@@ -124,10 +124,19 @@ def test_unknown_emotion_label_fails_at_load_naming_the_line(mini_corpus, tmp_pa
     assert f"emotion label 'fru' in {bad} line 3 is not one of neu, hap, ang, sad" in err
 
 
-def test_ddp_on_two_cpu_processes_sees_each_training_sample_once(mini_corpus, tmp_path):
+@pytest.mark.parametrize("cached", [False, True], ids=["audio", "feature-cache"])
+def test_ddp_on_two_cpu_processes_sees_each_training_sample_once(mini_corpus, tmp_path, cached):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "SEEN_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "recipes.cli", *fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "1")]
+    features = []
+    if cached:  # the mini emotion config's upstream (fbank), extracted once and read by both processes
+        from recipes.cache import extract
+
+        manifests = [mini_corpus / "emotion" / f"{split}.jsonl" for split in ("train", "valid")]
+        extract("fbank", manifests, tmp_path / "cache", progress=False)
+        features = ["--data.features", str(tmp_path / "cache")]
+    command = [sys.executable, "-m", "recipes.cli",
+               *fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "1", *features)]  # fmt: skip
     command += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
                 "--trainer.callbacks+=recording.RecordTrainingIds", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
