@@ -123,15 +123,20 @@ class CacheIndex:
         return cls(**data)
 
 
+def _source(entry: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """What an id stands for: its audio file (`a/../wav/x.wav` and `wav/x.wav` alike) and segment."""
+    return os.path.normpath(os.path.abspath(entry["audio"])), entry.get("start"), entry.get("end")
+
+
 def _utterances(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
     """Every utterance of the manifests once (an id in two manifests must name the same audio and segment)."""
     seen: dict[str, tuple[dict[str, Any], str]] = {}
     for manifest in manifests:
         for i, entry in enumerate(manifest.entries):
-            key = (entry["audio"], entry.get("start"), entry.get("end"))
+            key = _source(entry)
             if entry["id"] in seen:
                 first, where = seen[entry["id"]]
-                if (first["audio"], first.get("start"), first.get("end")) != key:
+                if _source(first) != key:
                     raise CacheError(
                         f"id {entry['id']!r} names {entry['audio']} in {manifest.where(i)} but {first['audio']} in "
                         f"{where}: one cache keys utterances by id, so ids must be unique across the manifests"

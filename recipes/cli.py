@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
 
@@ -135,6 +136,75 @@ def extract_features(args: argparse.Namespace) -> None:
         f"({index.seconds / max(elapsed, 1e-9):.0f} audio-s/s) -> {args.out}\n"
         f"train from it with --data.features {args.out}"
     )
+
+
+def _probe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", required=True, help="a `strata extract` folder holding train and test utterances")
+    parser.add_argument("--task", help="emotion, speaker_id, speaker_verification or asd: the label the task predicts")
+    parser.add_argument("--label", help="probe this manifest field instead of the task's label")
+    parser.add_argument("--frame-labels", help="an alignment field ([start, end, label] segments): frame-level probe")
+    parser.add_argument("--train", required=True, help="manifest the probes train on")
+    parser.add_argument("--test", required=True, help="manifest the probes are scored on")
+    parser.add_argument("--layers", default="all", help="all (default) or e.g. 0,4,8")
+    parser.add_argument("--probe", default="linear", help="linear (default) or mlp")
+    parser.add_argument("--max-frames", type=int, default=20000, help="frames sampled per split (frame-level probe)")
+    parser.add_argument("--out", required=True, help="folder for probe.csv and probe.png / .pdf")
+
+
+@command("probe", "train a probe per layer on cached features: which layers hold the label", _probe_arguments)
+def probe_layers(args: argparse.Namespace) -> None:
+    from .analysis.commands import probe
+
+    if not (args.task or args.label or args.frame_labels):
+        raise ValueError("say what to probe: --task NAME, --label FIELD or --frame-labels FIELD")
+    written = probe(args.cache, args.train, args.test, args.out, args.task, args.label, args.frame_labels,
+                    args.layers, args.probe, args.max_frames)  # fmt: skip
+    print(Path(written[0]).read_text(encoding="utf-8").strip())
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    analyses = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    cca = analyses.add_parser("cca", help="projection-weighted CCA of each layer with log-mel (or the first layer)")
+    cca.add_argument("--reference", default="mel", choices=["mel", "layer0"], help="what each layer is compared with")
+    cca.add_argument("--manifest", nargs="+", help="utterances to use (default: those the cache was extracted from)")
+    mi = analyses.add_parser("mi", help="k-means clusters of each layer's frames vs labels: normalised MI")
+    mi.add_argument("--labels", required=True, help="an utterance field (speaker, emotion) or an alignment field")
+    mi.add_argument("--fit", help="manifest the clusters are fitted on (default: half the cache's utterances)")
+    mi.add_argument("--eval", help="manifest the NMI is measured on (default: the other half)")
+    mi.add_argument("--clusters", type=int, default=100, help="k of k-means (default 100)")
+    for sub in (cca, mi):
+        sub.add_argument("--cache", required=True, help="a `strata extract` folder")
+        sub.add_argument("--layers", default="all", help="all (default) or e.g. 0,4,8")
+        sub.add_argument("--max-frames", type=int, default=20000, help="frames sampled (default 20000)")
+        sub.add_argument("--out", required=True, help="folder for the CSV and the figure (PNG, PDF)")
+
+
+@command("analyze", "layer analyses on cached features: `analyze cca` and `analyze mi`", _analyze_arguments)
+def analyze(args: argparse.Namespace) -> None:
+    from .analysis.commands import cca, mutual_information
+
+    if args.analysis == "cca":
+        written = cca(args.cache, args.out, args.reference, args.manifest, args.layers, args.max_frames)
+    else:
+        written = mutual_information(args.cache, args.out, args.labels, args.fit, args.eval, args.layers,
+                                     args.clusters, args.max_frames)  # fmt: skip
+    print(Path(written[0]).read_text(encoding="utf-8").strip())
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def _weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run folders (or checkpoints) trained with the weighted_sum interface")
+    parser.add_argument("--out", help="folder for weights.csv and weights.png / .pdf (default: the first run)")
+
+
+@command("weights", "learned weighted-sum layer weights of runs: bars, or a heat map for several", _weights_arguments)
+def plot_weights(args: argparse.Namespace) -> None:
+    from .analysis.commands import weights
+
+    written = weights(args.runs, args.out or args.runs[0])
+    print(Path(written[0]).read_text(encoding="utf-8").strip())
+    print("wrote " + ", ".join(map(str, written)))
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:

@@ -169,3 +169,62 @@ def plot_grouped_bars(
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+def save_figure(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` as PNG (150 dpi) and PDF (vector, for papers) beside each other: `path` with each suffix."""
+    path = Path(path)
+    return [save(fig, path.with_suffix(".png")), save(fig, path.with_suffix(".pdf"))]
+
+
+def plot_layer_curves(
+    layers: Sequence[int],
+    series: dict[str, Sequence[float]],
+    path: str | Path,
+    ylabel: str,
+    title: str,
+    chance: dict[str, float] | None = None,
+) -> list[Path]:
+    """A metric against layer index, one line per series (e.g. accuracy and UA), each series' chance level dashed
+    in its colour. PNG and PDF."""
+    fig = Figure(figsize=(max(5.0, 0.35 * len(layers) + 3), 3.6))
+    FigureCanvasAgg(fig)
+    axis = fig.subplots()
+    for name, values in series.items():
+        (line,) = axis.plot(layers, values, marker="o", label=name)
+        if chance and name in chance:
+            axis.axhline(chance[name], color=line.get_color(), linestyle="--", linewidth=1, label=f"{name} chance")
+    axis.set_xticks(list(layers))
+    axis.set_xlabel("layer (0 = input to the transformer)")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_layer_weights(
+    weights: Sequence[Sequence[float]], runs: Sequence[str], path: str | Path, title: str
+) -> list[Path]:
+    """Learned weighted-sum layer weights: bars for one run, a runs x layers heat map for several. PNG and PDF."""
+    matrix = np.asarray(weights, dtype=float)
+    layers = np.arange(matrix.shape[1])
+    if len(runs) == 1:
+        fig = Figure(figsize=(max(5.0, 0.35 * len(layers) + 3), 3.6))
+        FigureCanvasAgg(fig)
+        axis = fig.subplots()
+        axis.bar(layers, matrix[0])
+        axis.axhline(1 / len(layers), color="grey", linestyle="--", linewidth=1, label="uniform (initial)")
+        axis.set_ylabel("weight (softmax)")
+        axis.legend(fontsize="small")
+    else:
+        fig = Figure(figsize=(max(5.0, 0.45 * len(layers) + 4), 1.2 + 0.45 * len(runs)))
+        FigureCanvasAgg(fig)
+        axis = fig.subplots()
+        image = axis.imshow(matrix, aspect="auto", cmap="viridis")
+        axis.set_yticks(range(len(runs)), list(runs))
+        fig.colorbar(image, ax=axis, label="weight (softmax)")
+    axis.set_xticks(layers)
+    axis.set_xlabel("layer (0 = input to the transformer)")
+    axis.set_title(title)
+    return save_figure(fig, path)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
-# 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 100 report.
+# 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
@@ -13,6 +13,7 @@ upstream="fbank tiny_hubert"   # one or more upstreams (space-separated), see `s
 interface=weighted_sum
 trainable=frozen
 seed=0
+analysis_upstream=tiny_hubert  # stage 6: the upstream whose layers are analysed
 num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and verification
 utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
@@ -96,6 +97,36 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
             --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
             --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
     done
+fi
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+    up=${analysis_upstream}
+    name=${up//[:\/]/_}
+    cache="${exp_dir}/cache/${name}"
+    out="${exp_dir}/analysis/${name}"
+    require "${data_dir}/all.jsonl" 0
+    log "Stage 6: layer analysis of ${up}: every layer of every utterance cached once -> ${cache}"
+    strata extract --upstream "${up}" --manifest "${data_dir}/all.jsonl" --out "${cache}" --dtype float32
+    for task in emotion speaker_id; do
+        log "probe: which layers of ${up} hold the ${task} label -> ${out}/probe_${task}"
+        strata probe --cache "${cache}" --task "${task}" --train "${data_dir}/${task}/train.jsonl" \
+            --test "${data_dir}/${task}/test.jsonl" --out "${out}/probe_${task}"
+    done
+    log "CCA of each layer with log-mel -> ${out}/cca"
+    strata analyze cca --cache "${cache}" --reference mel --out "${out}/cca"
+    log "mutual information of 32-means clusters with the speaker -> ${out}/mi_speaker"
+    strata analyze mi --cache "${cache}" --labels speaker --clusters 32 --out "${out}/mi_speaker"
+    runs=()
+    for task in emotion speaker_id; do
+        [ -f "${exp_dir}/${task}/${name}_weighted_sum/checkpoints/best.ckpt" ] && runs+=("${exp_dir}/${task}/${name}_weighted_sum")
+    done
+    if [ ${#runs[@]} -gt 0 ]; then
+        log "learned layer weights of ${runs[*]} -> ${out}/weights"
+        strata weights "${runs[@]}" --out "${out}/weights"
+    else
+        log "no weighted_sum runs of ${up} under ${exp_dir} yet (stages 1-2): no layer-weight plot"
+    fi
+    log "Stage 6 wrote: $(find "${out}" -name '*.csv' -o -name '*.png' | sort | tr '\n' ' ')"
 fi
 
 if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then

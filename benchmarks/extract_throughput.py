@@ -1,0 +1,140 @@
+"""Audio-seconds per second of `strata extract` vs a bare transformers forward loop over the same batches (CPU).
+
+`recipes.cache.extract` (all layers, float16, written to disk) against `model(wavs, attention_mask=...,
+output_hidden_states=True)` under `no_grad` over the same length-bucketed batches (the same shard plan and
+`batch_seconds`), with the audio read beforehand and nothing written. The extract time is the whole call: building
+the upstream from its files, fingerprinting its weights, reading the audio, the forward passes and writing the
+shards. Also the cache's size on disk per hour of audio per layer, float16 and float32. Target: ratio >= 0.95.
+
+    python benchmarks/extract_throughput.py [--manifest M] [--upstreams base_random,tiny_hubert] [--repeats 3]
+
+`base_random` is a base-sized HuBERT (12 x 768, `transformers.HubertConfig()` defaults) with random weights, saved
+to a transformers directory and loaded as `hf:<dir>`; any other name is a strata upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import AutoModel, HubertConfig, HubertModel  # noqa: E402
+
+from recipes.audio import read_audio  # noqa: E402
+from recipes.cache import FeatureCache, extract, plan_shards, upstream_fingerprint  # noqa: E402
+from recipes.cli import markdown_table  # noqa: E402
+from recipes.data import bucket_batches, read_manifest  # noqa: E402
+from upstream import build_upstream  # noqa: E402
+from upstream.base import lengths_to_mask  # noqa: E402
+from upstream.hf import expects_attention_mask  # noqa: E402
+
+BASE = "base_random"
+
+
+def base_random(folder: Path) -> str:
+    """A base-sized random-initialised HuBERT saved under `folder` (once): its upstream name."""
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        HubertModel(HubertConfig()).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+def bare_model(upstream_name: str) -> torch.nn.Module:
+    """The transformers model inside a strata upstream (for `hf:<dir>`, loaded from the directory itself)."""
+    if upstream_name.startswith("hf:"):
+        return AutoModel.from_pretrained(upstream_name[3:], dtype=torch.float32).eval()
+    return build_upstream(upstream_name).model.eval()
+
+
+def batches(manifest: str, batch_seconds: float, shard_seconds: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`extract`'s batches of `manifest`, read and padded: (wavs [B, S], lengths [B])."""
+    out = []
+    for shard in plan_shards(read_manifest(manifest).entries, shard_seconds):
+        for batch in bucket_batches([float(e["duration"]) for e in shard], batch_seconds):
+            wavs = [read_audio(shard[i]["audio"], 16000, shard[i].get("start"), shard[i].get("end")) for i in batch]
+            lengths = torch.tensor([w.numel() for w in wavs])
+            padded = torch.zeros(len(wavs), int(lengths.max()))
+            for row, wav in enumerate(wavs):
+                padded[row, : wav.numel()] = wav
+            out.append((padded, lengths))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", default=str(ROOT / "egs/mini/data/mini/emotion/train.jsonl"))
+    parser.add_argument("--upstreams", default=f"{BASE},tiny_hubert", help=f"comma-separated; {BASE} or strata names")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved bare / extract runs; the median is shown")
+    parser.add_argument("--batch-seconds", type=float, default=100.0)
+    parser.add_argument("--shard-seconds", type=float, default=600.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", help="where the caches (and base_random) go; a temporary folder when omitted")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata_extract_"))
+    seconds = sum(float(e["duration"]) for e in read_manifest(args.manifest).entries)
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; {args.manifest}: {seconds:.0f} s of audio; "
+        f"median of {args.repeats} interleaved runs\n"
+    )
+    rows, spread = [], []
+    for name in args.upstreams.split(","):
+        upstream_name = base_random(workdir / BASE) if name == BASE else name
+        model = bare_model(upstream_name)
+        use_mask = expects_attention_mask(model.config)
+        data = batches(args.manifest, args.batch_seconds, args.shard_seconds)
+
+        def bare(model=model, data=data, use_mask=use_mask) -> None:
+            with torch.no_grad():
+                for wavs, lengths in data:
+                    mask = lengths_to_mask(lengths, wavs.size(1)).long() if use_mask else None
+                    model(wavs, attention_mask=mask, output_hidden_states=True)
+
+        def cache(dtype: str, name=name, upstream_name=upstream_name) -> Path:
+            out = workdir / f"{name}_{dtype}"
+            shutil.rmtree(out, ignore_errors=True)  # a finished cache would be reused, not extracted again
+            extract(upstream_name, [args.manifest], out, "all", dtype, args.batch_seconds, args.shard_seconds,
+                    "cpu", progress=False)  # fmt: skip
+            return out
+
+        def timed(fn, *fn_args) -> float:
+            start = time.perf_counter()
+            fn(*fn_args)
+            return time.perf_counter() - start
+
+        bare(data=data[:1])  # warm-up
+        bare_times, extract_times = [], []
+        for _ in range(args.repeats):
+            bare_times.append(timed(bare))
+            extract_times.append(timed(cache, "float16"))
+        start = time.perf_counter()
+        upstream_fingerprint(build_upstream(upstream_name))
+        fixed = time.perf_counter() - start
+        half = FeatureCache(workdir / f"{name}_float16").bytes_per_hour_per_layer() / 2**20
+        full = FeatureCache(cache("float32")).bytes_per_hour_per_layer() / 2**20
+        b, x = statistics.median(bare_times), statistics.median(extract_times)
+        label = "base-sized random HuBERT (12 x 768)" if name == BASE else name
+        rows.append([label, f"{seconds / b:.1f}", f"{seconds / x:.1f}", f"{b / x:.3f}", f"{fixed:.1f}",
+                     f"{half:.1f}", f"{full:.1f}"])  # fmt: skip
+        spread.append(
+            f"{label}: bare {' '.join(f'{t:.1f}' for t in bare_times)} s; "
+            f"extract {' '.join(f'{t:.1f}' for t in extract_times)} s"
+        )
+    header = ["upstream", "bare forward (audio-s/s)", "strata extract (audio-s/s)", "ratio",
+              "build + fingerprint (s)", "float16 MiB / h / layer", "float32 MiB / h / layer"]  # fmt: skip
+    print(markdown_table(header, rows))
+    print("\n" + "\n".join(spread))
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
