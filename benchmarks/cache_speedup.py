@@ -3,9 +3,9 @@
 The mini corpus's frozen-upstream emotion fit (egs/mini/conf/emotion.yaml) for N epochs, each command in its own
 process so every time includes its start-up, as a user sees it: live (audio -> upstream every batch, train and
 valid) vs one extraction of the train + valid manifests (reused for every N, counted in every ratio) followed by a
-fit from the cache. For the first upstream, the split of a cached epoch: per-epoch and start-up costs from the two
-fits' difference, and, in this process, one pass of the cached train + valid loaders, one epoch of interface + head
-compute on those batches, one checkpoint write, and building + fingerprinting the upstream (which a cached fit does).
+fit from the cache. Then, for the first upstream, where an epoch goes: its length from the difference of the two
+fits, split by Lightning's simple profiler (`--trainer.profiler simple`, on in every fit) into fetching batches,
+the train and valid steps, and checkpoint writes. `--threads` sets OMP_NUM_THREADS for every command.
 
     python benchmarks/cache_speedup.py [--upstreams base_random,tiny_hubert] [--epochs 5,20] [--workdir DIR]
 
@@ -23,13 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from recipes.cli import markdown_table  # noqa: E402
 
@@ -52,79 +52,52 @@ def strata(arguments: list[str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "w") as handle:
         done = subprocess.run([sys.executable, "-m", "recipes.cli", *arguments], cwd=ROOT, stdout=handle,
-                              stderr=subprocess.STDOUT, env=os.environ)  # fmt: skip
+                              stderr=subprocess.STDOUT)  # fmt: skip
     elapsed = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"strata {' '.join(arguments)} failed:\n" + "".join(log.read_text().splitlines(True)[-20:]))
     return elapsed
 
 
-def fit(upstream: str, epochs: int, run: Path, args: argparse.Namespace, features: Path | None = None) -> float:
+@dataclass
+class Fit:
+    seconds: float
+    ua: str  # the last epoch's valid UA (%): a check that the live and cached fits train alike
+    checkpoint_mib: float
+    profile: dict[str, float]  # Lightning's simple profiler: action -> total seconds
+
+
+def fit(upstream: str, epochs: int, run: Path, args: argparse.Namespace, features: Path | None = None) -> Fit:
     shutil.rmtree(run, ignore_errors=True)
     options = {"config": args.config, "model.upstream.name": upstream, "data.train": args.train,
                "data.valid": args.valid, "data.num_workers": args.num_workers, "trainer.max_epochs": epochs,
-               "trainer.default_root_dir": run, "trainer.enable_progress_bar": "false",
+               "trainer.default_root_dir": run, "trainer.enable_progress_bar": "false", "trainer.profiler": "simple",
                "data.features": features}  # fmt: skip
     arguments = [str(x) for key, value in options.items() if value is not None for x in (f"--{key}", value)]
-    seconds = strata(["fit", *arguments], run.with_suffix(".log"))
-    for checkpoint in run.glob("checkpoints/*.ckpt"):  # a base-sized one holds the upstream: 360 MiB each
-        checkpoint.unlink()
-    return seconds
-
-
-def final_ua(run: Path) -> str:
-    """The last epoch's valid/UA in the run's CSV log (a check that both fits train alike)."""
+    log = run.with_suffix(".log")
+    seconds = strata(["fit", *arguments], log)
     with open(run / "logs/version_0/metrics.csv") as handle:
-        values = [row["valid/UA"] for row in csv.DictReader(handle) if row.get("valid/UA")]
-    return f"{100 * float(values[-1]):.1f}" if values else "?"
+        uas = [row["valid/UA"] for row in csv.DictReader(handle) if row.get("valid/UA")]
+    checkpoints = list(run.glob("checkpoints/*.ckpt"))
+    mib = checkpoints[0].stat().st_size / 2**20
+    for checkpoint in checkpoints:  # a base-sized one holds the upstream too: 360 MiB each
+        checkpoint.unlink()
+    profile = {}
+    for line in log.read_text().splitlines():  # |  action  |  mean (s)  |  calls  |  total (s)  |  %  |
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[3].replace(".", "", 1).isdigit():
+            profile[cells[0]] = float(cells[3])
+    return Fit(seconds, f"{100 * float(uas[-1]):.1f}" if uas else "?", mib, profile)
 
 
-def cached_epoch_parts(upstream: str, cache: Path, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    """Seconds of: building + fingerprinting the upstream, one pass of the cached train + valid loaders, one epoch
-    of interface + head compute on those batches (train step with backward, valid forward), one checkpoint write."""
-    from torch.utils.data import DataLoader
-
-    from recipes.cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
-    from recipes.data import BucketBatchSampler, read_manifest
-    from recipes.module import InterfaceConfig, SSLTaskModule, UpstreamConfig
-    from recipes.tasks import task_class
-
-    config = yaml.safe_load(Path(args.config).read_text())
-    model = config["model"]
-    task = task_class(model["task"]["class_path"])(**model["task"].get("init_args", {}))
-    parts, start = {}, time.perf_counter()
-    module = SSLTaskModule(task, UpstreamConfig(upstream), InterfaceConfig(model["interface"]["name"]),
-                           lr=model["lr"], feature_norm=model.get("feature_norm", False))  # fmt: skip
-    upstream_fingerprint(module.upstream)
-    parts["build"] = time.perf_counter() - start
-    features, loaded = FeatureCache(cache), {}
-    start = time.perf_counter()
-    for split, path in [("train", args.train), ("valid", args.valid)]:
-        manifest = read_manifest(path)
-        crop = task.train_crop_seconds if split == "train" else None
-        dataset = CachedFeatureDataset(manifest, features, task.targets(manifest, split), crop)
-        sampler = BucketBatchSampler(dataset.durations, config["data"]["max_batch_seconds"], shuffle=split == "train")
-        collate = FeatureCollate(task.collate_targets)
-        loaded[split] = list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate))
-    parts["load"] = time.perf_counter() - start
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=model["lr"])
-    start = time.perf_counter()
-    module.train()
-    for batch in loaded["train"]:
-        loss = task.loss(module.head(*module.batch_inputs(batch)), batch["targets"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    module.eval()
-    with torch.no_grad():
-        for batch in loaded["valid"]:
-            module.head(*module.batch_inputs(batch))
-    parts["compute"] = time.perf_counter() - start
-    start = time.perf_counter()
-    torch.save({"state_dict": module.state_dict()}, workdir / "checkpoint.ckpt")
-    parts["checkpoint"] = time.perf_counter() - start
-    parts["checkpoint_mib"] = (workdir / "checkpoint.ckpt").stat().st_size / 2**20
-    return parts
+def epoch_split(run: Fit, epochs: int, epoch: float) -> list[float]:
+    """Seconds per epoch: whole, fetching batches, steps (train + valid), checkpoint writes, the rest; and the fit's
+    start-up and end (everything that does not grow with the epochs)."""
+    p = run.profile
+    fetch = (p["[_TrainingEpochLoop].train_dataloader_next"] + p["[_EvaluationLoop].val_next"]) / epochs
+    steps = (p["run_training_batch"] + p["[Strategy]SingleDeviceStrategy.validation_step"]) / epochs
+    save = p["save_checkpoint"] / epochs
+    return [epoch, fetch, steps, save, epoch - fetch - steps - save, run.seconds - epochs * epoch]
 
 
 def main() -> None:
@@ -151,7 +124,7 @@ def main() -> None:
 
         for entry in read_manifest(path).entries:
             Path(entry["audio"]).read_bytes()
-    rows, per_run = [], {}
+    rows, runs = [], {}
     for name in args.upstreams.split(","):
         upstream = base_random(workdir / BASE) if name == BASE else name
         cache = workdir / f"cache_{name}"
@@ -159,39 +132,35 @@ def main() -> None:
         extract = strata(["extract", "--upstream", upstream, "--manifest", args.train, args.valid, "--out", str(cache),
                           "--dtype", args.dtype, "--device", "cpu"], workdir / f"extract_{name}.log")  # fmt: skip
         for n in epochs:
-            live = fit(upstream, n, workdir / f"live_{name}_{n}", args)
-            cached = fit(upstream, n, workdir / f"cached_{name}_{n}", args, features=cache)
-            per_run[name, n] = live, cached
-            uas = f"{final_ua(workdir / f'live_{name}_{n}')} / {final_ua(workdir / f'cached_{name}_{n}')}"
-            rows.append([name, n, f"{live:.0f}", f"{extract:.0f}", f"{cached:.0f}", f"{extract + cached:.0f}",
-                         f"{live / (extract + cached):.2f}x", uas])  # fmt: skip
-            print(f"{name}, {n} epochs: live {live:.0f} s, extract {extract:.0f} s, cached {cached:.0f} s", flush=True)
+            live = runs[name, n, "live"] = fit(upstream, n, workdir / f"live_{name}_{n}", args)
+            cached = runs[name, n, "cached"] = fit(upstream, n, workdir / f"cached_{name}_{n}", args, cache)
+            total = extract + cached.seconds
+            rows.append([name, n, f"{live.seconds:.0f}", f"{extract:.0f}", f"{cached.seconds:.0f}", f"{total:.0f}",
+                         f"{live.seconds / total:.2f}x", f"{live.ua} / {cached.ua}"])  # fmt: skip
+            print(f"{name}, {n} epochs: live {live.seconds:.0f} s, extract {extract:.0f} s, "
+                  f"cached {cached.seconds:.0f} s", flush=True)  # fmt: skip
     versions = f"torch {torch.__version__}, transformers {__import__('transformers').__version__}"
     settings = f"{torch.get_num_threads()} threads, --data.num_workers {args.num_workers}, {args.dtype} cache"
     print(f"\n{versions}, {settings}\n")
     header = ["upstream", "epochs", "live fit (s)", "extract (s)", "cached fit (s)", "extract + cached (s)",
               "speed-up", "valid UA % live / cached"]  # fmt: skip
     print(markdown_table(header, rows))
-    name = args.upstreams.split(",")[0]
     if len(epochs) >= 2:
-        lo, hi = min(epochs), max(epochs)
-        (live_lo, cached_lo), (live_hi, cached_hi) = per_run[name, lo], per_run[name, hi]
-        live_epoch, cached_epoch = (live_hi - live_lo) / (hi - lo), (cached_hi - cached_lo) / (hi - lo)
-        upstream = base_random(workdir / BASE) if name == BASE else name
-        parts = cached_epoch_parts(upstream, workdir / f"cache_{name}", args, workdir)
-        split = [
-            ["live fit: one epoch (from its two fits)", f"{live_epoch:.1f}"],
-            ["live fit: start-up and end", f"{live_lo - lo * live_epoch:.1f}"],
-            ["cached fit: one epoch (from its two fits)", f"{cached_epoch:.1f}"],
-            ["- reading the cache: train + valid loaders, one pass", f"{parts['load']:.1f}"],
-            ["- interface + head: train steps (backward, Adam) + valid forward", f"{parts['compute']:.1f}"],
-            [f"- one checkpoint write ({parts['checkpoint_mib']:.0f} MiB: upstream too)", f"{parts['checkpoint']:.1f}"],
-            ["cached fit: start-up and end", f"{cached_lo - lo * cached_epoch:.1f}"],
-            ["- building + fingerprinting the upstream", f"{parts['build']:.1f}"],
-            ["limit of the speed-up as N grows (live epoch / cached epoch)", f"{live_epoch / cached_epoch:.1f}x"],
-        ]  # fmt: skip
-        print(f"\nWhere the time goes ({name}; seconds)\n")
-        print(markdown_table(["part", "s"], split))
+        name, lo, hi = args.upstreams.split(",")[0], min(epochs), max(epochs)
+        splits = {}
+        for kind in ("live", "cached"):
+            epoch = (runs[name, hi, kind].seconds - runs[name, lo, kind].seconds) / (hi - lo)
+            splits[kind] = epoch_split(runs[name, hi, kind], hi, epoch)
+        mib = runs[name, hi, "cached"].checkpoint_mib
+        parts = ["one epoch (difference of the two fits / epochs)", "- fetching batches (audio / cache), train + valid",
+                 "- steps: (upstream +) interface + head, train + valid", f"- checkpoint writes ({mib:.0f} MiB each)",
+                 "- the rest (logging, metrics, loop)", "start-up and end of the fit"]  # fmt: skip
+        table = [[part, f"{splits['live'][i]:.1f}", f"{splits['cached'][i]:.1f}"] for i, part in enumerate(parts)]
+        table.append(
+            ["speed-up limit as N grows (live / cached epoch)", "", f"{splits['live'][0] / splits['cached'][0]:.1f}x"]
+        )
+        print(f"\nWhere the time goes: {name}, seconds per epoch (Lightning's simple profiler, {hi}-epoch fits)\n")
+        print(markdown_table(["part", "live", "cached"], table))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -168,7 +168,7 @@ def evaluate_probe(probe: nn.Module, x_test: Tensor, y_test: Tensor, num_classes
     """-> {"accuracy", "UA"} of `probe` on `x_test [N, D]`, `y_test [N]`."""
     _check_xy(x_test, y_test, num_classes, "test")
     probe.eval()
-    device = next(probe.buffers()).device
+    device = next(probe.parameters()).device
     predicted = probe(x_test.to(device)).argmax(dim=1).cpu()
     return _scores(predicted, y_test.cpu(), num_classes)
 
