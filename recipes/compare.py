@@ -32,15 +32,20 @@ class Run:
     label: str = ""  # the run folder's name, with as many parents as it takes to tell runs apart
 
 
-def name_runs(runs: list[Run]) -> None:
-    """Label each run by its folder name (`fbank_weighted_sum_featex`), adding parent folders where names repeat."""
+def unique_names(paths: list[Path]) -> list[str]:
+    """Each path's last part (`fbank_weighted_sum_featex`), with as many parent folders as it takes to tell them apart
+    (`emotion/tiny_hubert_weighted_sum`, `speaker_id/tiny_hubert_weighted_sum`)."""
     depth = 1
     while True:
-        labels = ["/".join(run.path.parts[-depth:]) for run in runs]
-        if len(set(labels)) == len(labels) or depth >= max(len(run.path.parts) for run in runs):
-            break
+        names = ["/".join(path.parts[-depth:]) for path in paths]
+        if len(set(names)) == len(names) or depth >= max(len(path.parts) for path in paths):
+            return names
         depth += 1
-    for run, label in zip(runs, labels, strict=True):
+
+
+def name_runs(runs: list[Run]) -> None:
+    """Label each run by its folder's name, with parents where names repeat."""
+    for run, label in zip(runs, unique_names([run.path for run in runs]), strict=True):
         run.label = label
 
 

@@ -4,6 +4,7 @@ layer, write `<name>.csv` and `<name>.png` / `.pdf` into the output folder. Retu
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from ..audio import read_audio
 from ..cache import FeatureCache
+from ..compare import unique_names
 from ..data import Manifest, read_manifest
 from ..plots import plot_layer_curves, plot_layer_weights
 from ..tasks import asd_class
@@ -247,12 +249,13 @@ def _labelled_frames(
 def weights(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """The weighted-sum layer weights of each run: `weights.csv` (run, layer, weight) and a bar plot (one run) or a
     runs x layers heat map (several)."""
-    table, names, upstreams = [], [], set()
+    table, folders, upstreams = [], [], set()
     for run in runs:
         values, hparams = layer_weights(run)
         table.append(values)
-        names.append(Path(run).name if Path(run).is_dir() else Path(run).parent.parent.name)
+        folders.append(Path(os.path.abspath(run)) if Path(run).is_dir() else Path(os.path.abspath(run)).parent.parent)
         upstreams.add((hparams.get("upstream") or {}).get("name", "?"))
+    names = unique_names(folders)
     if len({len(row) for row in table}) > 1:
         raise ValueError(f"the runs have different layer counts {[len(r) for r in table]}: compare one upstream's runs")
     out = Path(out)
