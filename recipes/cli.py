@@ -325,6 +325,8 @@ LIGHTNING_COMMANDS = {
     "fit": "train a task from a YAML config (strata fit --config recipes/configs/emotion.yaml --data.train ...)",
     "validate": "evaluate a run's checkpoint on --data.valid",
     "test": "evaluate a run's checkpoint on --data.test and write results.json",
+    "pretrain": "pre-train a HuBERT-style upstream (strata pretrain --config recipes/configs/pretrain_tiny.yaml "
+    "--data.train M.jsonl --trainer.default_root_dir D -> D/upstream, loadable as hf:D/upstream)",
 }
 
 
@@ -353,7 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     from upstream import UpstreamLoadError
 
     given = sys.argv[1:] if argv is None else list(argv)
-    if given and given[0] in LIGHTNING_COMMANDS:
+    if given and given[0] == "pretrain":
+        name = "pretrain"
+
+        def run_command() -> None:
+            from .lightning_cli import run_pretrain
+
+            run_pretrain(given[1:])
+    elif given and given[0] in LIGHTNING_COMMANDS:
         name = given[0]
 
         def run_command() -> None:

@@ -163,3 +163,56 @@ class StrataCLI(LightningCLI):
 def run(args: list[str] | None) -> None:
     """Run a LightningCLI subcommand; `args=None` reads sys.argv like any LightningCLI program."""
     StrataCLI(args=args)
+
+
+class PretrainCLI(LightningCLI):
+    """`strata pretrain`: LightningCLI's fit over HubertPretrainModule and PretrainDataModule, with the run folder
+    layout of the task commands (config, checkpoints/last.ckpt every epoch, CSV and TensorBoard logs) and
+    `--ckpt_path last` resuming."""
+
+    def __init__(self, args: list[str]) -> None:
+        from .pretrain.data import PretrainDataModule
+        from .pretrain.module import HubertPretrainModule
+
+        super().__init__(
+            HubertPretrainModule,
+            PretrainDataModule,
+            save_config_callback=None,
+            seed_everything_default=0,
+            trainer_defaults={"use_distributed_sampler": False},
+            parser_kwargs={"prog": "strata pretrain"},
+            args=["fit", *args],
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config["fit"]
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = "exp/pretrain/hubert_" + str(config.model.size)
+        self.run_dir = Path(config.trainer.default_root_dir)
+        if config.get("ckpt_path") == "last":
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            config.ckpt_path = str(last) if last.is_file() else None
+            print(f"resuming from {last}" if last.is_file() else f"no {last} yet: starting a new run")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        checkpoint = ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="last", save_last=False,
+                                     enable_version_counter=False)  # fmt: skip
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir, name="logs"),
+                TensorBoardLogger(self.run_dir, name="tensorboard"),
+            ]
+        return super().instantiate_trainer(**kwargs)
+
+    @rank_zero_only
+    def before_fit(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "config.yaml"
+        path.write_text(self._parser("fit").dump(self.config["fit"]))
+        print(f"run directory {self.run_dir}; config in {path}")
+
+
+def run_pretrain(args: list[str]) -> None:
+    PretrainCLI(args=args)

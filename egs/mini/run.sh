@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
-# 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 100 report.
+# 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 7 pre-training a tiny
+# HuBERT on the corpus audio and probing it against its random-initialised twin, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
@@ -14,6 +15,7 @@ interface=weighted_sum
 trainable=frozen
 seed=0
 analysis_upstream=tiny_hubert  # stage 6: the upstream whose layers are analysed
+pretrain_epochs=30             # stage 7: epochs of HuBERT pre-training (a few CPU minutes)
 num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and verification
 utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
@@ -127,6 +129,29 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         log "no weighted_sum runs of ${up} under ${exp_dir} yet (stages 1-2): no layer-weight plot"
     fi
     log "Stage 6 wrote: $(find "${out}" -name '*.csv' -o -name '*.png' | sort | tr '\n' ' ')"
+fi
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+    require "${data_dir}/all.jsonl" 0
+    pretrained="${exp_dir}/pretrain/tiny_hubert_it1"
+    twin="${exp_dir}/pretrain/tiny_hubert_random"
+    log "Stage 7: pre-training a tiny HuBERT on the corpus audio (MFCC k-means targets; labels unused) -> ${pretrained}"
+    strata pretrain --config ../../recipes/configs/pretrain_tiny.yaml --data.train "${data_dir}/all.jsonl" \
+        --trainer.max_epochs "${pretrain_epochs}" --trainer.default_root_dir "${pretrained}" --ckpt_path last
+    log "its random-initialised twin: the same model and seed, no training -> ${twin}"
+    strata pretrain --config ../../recipes/configs/pretrain_tiny.yaml --data.train "${data_dir}/all.jsonl" \
+        --trainer.max_epochs 0 --trainer.default_root_dir "${twin}"
+    for model in "${pretrained}" "${twin}"; do
+        cache="${model}/cache"
+        strata extract --upstream "hf:${model}/upstream" --manifest "${data_dir}/all.jsonl" --out "${cache}" \
+            --dtype float32
+        for task in emotion speaker_id; do
+            strata probe --cache "${cache}" --task "${task}" --train "${data_dir}/${task}/train.jsonl" \
+                --test "${data_dir}/${task}/test.jsonl" --out "${model}/probe_${task}"
+        done
+    done
+    log "Stage 7: best-layer probe scores, pre-trained against random twin"
+    strata report "${exp_dir}/pretrain"
 fi
 
 if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then

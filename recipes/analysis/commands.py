@@ -4,6 +4,7 @@ layer, write `<name>.csv` and `<name>.png` / `.pdf` into the output folder. Retu
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,12 +109,23 @@ def probe(
     rows = probe_layers(x_train, y_train, x_test, y_test, len(classes), kind=kind, seed=seed)
     chance = chance_level(y_train, y_test, len(classes))
     out = Path(out)
-    written = [write_csv(out / "probe.csv", rows)]
+    written = [write_csv(out / "probe.csv", rows), _best_layer(rows, out, f"probe_{what}", cache, kind)]
     metrics = [key for key in rows[0] if key != "layer"]
     series = {metric: [row[metric] for row in rows] for metric in metrics}
     title = f"{cache.index.upstream}: {kind} probe of {what} ({len(classes)} classes)"
     written += plot_layer_curves(chosen, series, out / "probe", "probe score on the test set", title, chance)
     return written
+
+
+def _best_layer(rows: list[dict[str, Any]], out: Path, task: str, cache: FeatureCache, kind: str) -> Path:
+    """`results.json` with the best layer's scores, so `strata report` and `strata compare` list probes beside runs."""
+    best = max(rows, key=lambda row: (row["accuracy"], -row["layer"]))
+    results = {**{k: float(v) for k, v in best.items() if k != "layer"}, "best_layer": int(best["layer"]),
+               "task": task.replace(" ", "_"), "upstream": cache.index.upstream, "interface": f"{kind} probe",
+               "trainable": "frozen"}  # fmt: skip
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
 
 
 def _split_utterances(count: int, fraction: float, seed: int) -> np.ndarray:

@@ -1,0 +1,136 @@
+"""PretrainDataModule: the audio of unlabelled manifests and each utterance's cluster ids (labels are ignored)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..audio import read_audio
+from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
+from .targets import Codebook, mfcc_frames
+
+
+class TargetsCollate(PadCollate):
+    """Waveforms padded as for the tasks, and `targets [B, T]` padded with -100 (ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__(collate_targets=self.pad)
+
+    @staticmethod
+    def pad(targets: list[torch.Tensor]) -> torch.Tensor:
+        padded = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
+        for row, ids in enumerate(targets):
+            padded[row, : len(ids)] = ids
+        return padded
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Manifests of unlabelled audio and the k-means targets of their frames.
+
+    `features: mfcc` (iteration 1) clusters MFCCs with deltas; `features: <upstream>:<layer>` (iteration 2, e.g.
+    `hf:exp/pretrain/it1/upstream:3`) clusters that upstream's hidden layer. `num_clusters` centres are fitted on up
+    to `sample_frames` frames of the training set and saved as `<run>/codebook.npz`; a resumed run reloads it, so
+    the targets stay the same. Whole clips are batched by length (`max_batch_seconds` of padded audio); HuBERT's
+    random crop to 15.6 s is not done, so keep long recordings segmented.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        features: str = "mfcc",
+        num_clusters: int = 100,
+        sample_frames: int = 100000,
+        max_batch_seconds: float = 60.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train, self.valid, self.features = train, valid, features
+        self.num_clusters, self.sample_frames = num_clusters, sample_frames
+        self.max_batch_seconds = max_batch_seconds
+        self.num_workers, self.seed = num_workers, seed
+        self.datasets: dict[str, AudioDataset] = {}
+        self.codebook: Codebook | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"features": self.features, "num_clusters": self.num_clusters, "train": self.train}
+
+    def setup(self, stage: str) -> None:
+        if self.train is None:
+            raise ValueError("`strata pretrain` needs unlabelled audio: pass --data.train MANIFEST")
+        module = self.trainer.lightning_module
+        if module.num_clusters != self.num_clusters:
+            raise ValueError(f"--model.num_clusters {module.num_clusters} != --data.num_clusters {self.num_clusters}")
+        splits = {"train": self.train, **({"valid": self.valid} if self.valid else {})}
+        manifests = {split: read_manifest(path) for split, path in splits.items()}
+        frames = {split: self._frame_features(m, module) for split, m in manifests.items()}
+        self.codebook = self._codebook(frames["train"], Path(self.trainer.default_root_dir) / "codebook.npz")
+        for split, manifest in manifests.items():
+            targets = [torch.from_numpy(self.codebook.assign(x)).long() for x in frames[split]]
+            self.datasets[split] = AudioDataset(manifest, 16000, targets)
+
+    def _frame_features(self, manifest: Manifest, module: L.LightningModule) -> list[np.ndarray]:
+        """Each utterance's frame features, as many frames as the model makes of it."""
+        extractor = _layer_extractor(self.features) if self.features != "mfcc" else None
+        features = []
+        for entry in tqdm(manifest.entries, desc=f"{self.features} features of {manifest.path.name}", unit="utt"):
+            wav = read_audio(entry["audio"], 16000, entry.get("start"), entry.get("end"))
+            frames = int(module.frame_lengths(torch.tensor([wav.numel()]))[0])
+            features.append(mfcc_frames(wav, 16000, frames) if extractor is None else extractor(wav, frames))
+        return features
+
+    def _codebook(self, frames: list[np.ndarray], path: Path) -> Codebook:
+        if path.is_file():
+            codebook = Codebook.load(path)
+            if codebook.features == self.features and codebook.num_clusters == self.num_clusters:
+                return codebook  # a resumed run: the same targets
+        pooled = np.concatenate(frames)
+        if len(pooled) > self.sample_frames:
+            pooled = pooled[np.random.default_rng(self.seed).choice(len(pooled), self.sample_frames, replace=False)]
+        codebook = Codebook.fit(pooled, self.num_clusters, self.features, seed=self.seed)
+        if self.trainer.is_global_zero:
+            codebook.save(path)
+        return codebook
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+        sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle, seed=seed,
+                                     num_replicas=trainer.world_size, rank=trainer.global_rank)  # fmt: skip
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=TargetsCollate(), num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False) if "valid" in self.datasets else []
+
+
+def _layer_extractor(features: str):
+    """`<upstream>:<layer>` -> a function (wav, frames) -> that layer's `[frames, D]` (iteration 2's features)."""
+    from upstream import build_upstream
+
+    source, _, layer = features.rpartition(":")
+    if not source or not layer.isdigit():
+        raise ValueError(f"features must be mfcc or <upstream>:<layer> (e.g. hf:exp/it1/upstream:3); got {features!r}")
+    upstream = build_upstream(source)
+    if int(layer) >= upstream.num_layers:
+        raise ValueError(f"{source} has hidden states 0-{upstream.num_layers - 1}; no layer {layer}")
+
+    def extract(wav: torch.Tensor, frames: int) -> np.ndarray:
+        with torch.no_grad():
+            hidden = upstream(wav[None]).hidden_states[int(layer)][0].double().numpy()
+        if len(hidden) < frames:
+            hidden = np.concatenate([hidden, np.repeat(hidden[-1:], frames - len(hidden), axis=0)])
+        return hidden[:frames]
+
+    return extract

@@ -1,0 +1,128 @@
+"""HubertPretrainModule: masked prediction of cluster ids with a transformers HuBERT, trained by Lightning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+from upstream.base import prepare_waveforms
+from upstream.hf import TINY_CONFIG
+
+from .masking import span_mask
+
+# Model sizes by name; `model` overrides any HubertConfig field on top.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(TINY_CONFIG),  # 4 x 64, layer-norm CNN: minutes on a CPU
+    "base": {},  # HubertConfig's defaults: HuBERT Base, 12 x 768
+}
+
+
+class HubertPretrainModule(L.LightningModule):
+    """HuBERT pre-training (Hsu et al. 2021): the CNN features of `mask_prob` x `mask_length` spans are replaced by a
+    learnt embedding, and the transformer output of every masked frame must predict that frame's cluster id: a
+    projection to `final_dim`, cosine similarity with one learnt embedding per cluster over `logit_temperature`,
+    cross-entropy. `unmasked_weight` adds the same loss on unmasked frames (0 in the paper's best setting).
+    Logs `train/loss` and the masked-prediction accuracy `train/accuracy_masked`; `fit` ends by writing the
+    encoder to `<run>/upstream/` (transformers format, loadable as `hf:<run>/upstream`)."""
+
+    def __init__(
+        self,
+        size: str = "tiny",
+        model: dict[str, Any] | None = None,
+        num_clusters: int = 100,
+        mask_prob: float = 0.8,
+        mask_length: int = 10,
+        unmasked_weight: float = 0.0,
+        final_dim: int = 256,
+        logit_temperature: float = 0.1,
+        lr: float = 5e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+    ) -> None:
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)} (or override fields with `model`)")
+        self.save_hyperparameters()
+        # The model keeps its learnt mask embedding only with mask_time_prob > 0; our span masks are always passed in
+        # (`mask_time_indices`), so transformers never draws its own. No LayerDrop in so short a training.
+        fields = {**SIZES[size], "mask_time_prob": mask_prob, "mask_time_length": mask_length,
+                  "mask_feature_prob": 0.0, "layerdrop": 0.0, **(model or {})}  # fmt: skip
+        self.hubert = HubertModel(HubertConfig(**fields))
+        self.normalize = self.hubert.config.feat_extract_norm == "layer"  # as HFUpstream reads such a model
+        self.projection = nn.Linear(self.hubert.config.hidden_size, final_dim)
+        self.codewords = nn.Parameter(torch.randn(num_clusters, final_dim))
+        self.num_clusters, self.mask_prob, self.mask_length = num_clusters, mask_prob, mask_length
+        self.unmasked_weight, self.logit_temperature = unmasked_weight, logit_temperature
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        return self.hubert._get_feat_extract_output_lengths(wav_lengths).long()
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`wavs [B, S]` -> cluster logits `[B, T, K]`; `mask [B, T]` marks the frames to hide."""
+        attention = torch.arange(wavs.size(1), device=wavs.device)[None] < wav_lengths[:, None]
+        hidden = self.hubert(
+            prepare_waveforms(wavs, wav_lengths, self.normalize),
+            attention_mask=attention.long() if self.normalize else None,
+            mask_time_indices=mask,
+        ).last_hidden_state
+        if mask is not None and hidden.size(1) != mask.size(1):
+            raise RuntimeError(f"{hidden.size(1)} frames from the model but a mask of {mask.size(1)}")
+        projected = F.normalize(self.projection(hidden), dim=-1)
+        return projected @ F.normalize(self.codewords, dim=-1).T / self.logit_temperature
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        frames = self.frame_lengths(batch["wav_lengths"])
+        num_frames = int(frames.max())
+        mask = span_mask(frames.cpu(), num_frames, self.mask_prob, self.mask_length).to(self.device)
+        logits = self(batch["wavs"], batch["wav_lengths"], mask)
+        targets = batch["targets"][:, :num_frames]
+        valid = (torch.arange(num_frames, device=self.device)[None] < frames[:, None]) & (targets >= 0)
+        masked, unmasked = valid & mask, valid & ~mask
+        loss = F.cross_entropy(logits[masked], targets[masked])
+        if self.unmasked_weight > 0 and unmasked.any():
+            loss = loss + self.unmasked_weight * F.cross_entropy(logits[unmasked], targets[unmasked])
+        accuracy = (logits[masked].argmax(-1) == targets[masked]).float().mean()
+        size = len(batch["ids"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, on_step=stage == "train", batch_size=size)
+        self.log(f"{stage}/accuracy_masked", accuracy, prog_bar=True, on_epoch=True, batch_size=size, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        self._step(batch, "valid")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        warmup = max(self.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """The encoder as a transformers directory (weights, config, feature-extractor settings) that
+        `build_upstream("hf:<folder>")` loads, plus `pretrain.json` recording how it was trained."""
+        folder = Path(folder)
+        self.hubert.save_pretrained(folder)
+        Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=self.normalize,
+            return_attention_mask=self.normalize,
+        ).save_pretrained(folder)  # fmt: skip
+        record = {"hyper_parameters": dict(self.hparams), "global_step": self.global_step, **(extra or {})}
+        (folder / "pretrain.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        return folder
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            extra = {"targets": getattr(datamodule, "describe", lambda: {})()}
+            folder = self.save_upstream(Path(self.trainer.default_root_dir) / "upstream", extra)
+            print(f"wrote the pre-trained upstream to {folder}: use it as --upstream hf:{folder}")
