@@ -48,7 +48,31 @@ def default_run_dir(task_name: str, upstream: str, interface: str) -> Path:
     return Path("exp") / task_name / run_name(upstream, interface)
 
 
-class StrataCLI(LightningCLI):
+class RunFolderCLI(LightningCLI):
+    """The run folder every strata LightningCLI command writes: the resolved config, checkpoints under
+    `<run>/checkpoints/`, CSV and TensorBoard logs. Subclasses set `self.run_dir` before the trainer is built."""
+
+    run_dir: Path
+
+    def _trainer_with(self, checkpoint: ModelCheckpoint, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir, name="logs"),
+                TensorBoardLogger(self.run_dir, name="tensorboard"),
+            ]
+        return super().instantiate_trainer(**kwargs)
+
+    @rank_zero_only
+    def _save_config(self, filename: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / filename
+        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand]))
+        print(f"run directory {self.run_dir}; config in {path}")
+
+
+class StrataCLI(RunFolderCLI):
     def __init__(self, args: list[str] | None = None) -> None:
         super().__init__(
             SSLTaskModule,
@@ -123,7 +147,6 @@ class StrataCLI(LightningCLI):
         return ckpt_path
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer_config = self._get(self.config_init, "trainer", default={})
         monitor, mode = self.monitor
         checkpoint = ModelCheckpoint(
             dirpath=self.run_dir / "checkpoints",
@@ -135,20 +158,7 @@ class StrataCLI(LightningCLI):
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
-        if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = [
-                CSVLogger(self.run_dir, name="logs"),
-                TensorBoardLogger(self.run_dir, name="tensorboard"),
-            ]
-        return super().instantiate_trainer(**kwargs)
-
-    @rank_zero_only
-    def _save_config(self, filename: str) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / filename
-        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand]))
-        print(f"run directory {self.run_dir}; config in {path}")
+        return self._trainer_with(checkpoint, **kwargs)
 
     def before_fit(self) -> None:
         self._save_config("config.yaml")
@@ -165,7 +175,7 @@ def run(args: list[str] | None) -> None:
     StrataCLI(args=args)
 
 
-class PretrainCLI(LightningCLI):
+class PretrainCLI(RunFolderCLI):
     """`strata pretrain`: LightningCLI's fit over HubertPretrainModule and PretrainDataModule, with the run folder
     layout of the task commands (config, checkpoints/last.ckpt every epoch, CSV and TensorBoard logs) and
     `--ckpt_path last` resuming."""
@@ -195,23 +205,13 @@ class PretrainCLI(LightningCLI):
             print(f"resuming from {last}" if last.is_file() else f"no {last} yet: starting a new run")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        checkpoint = ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="last", save_last=False,
-                                     enable_version_counter=False)  # fmt: skip
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
-        if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = [
-                CSVLogger(self.run_dir, name="logs"),
-                TensorBoardLogger(self.run_dir, name="tensorboard"),
-            ]
-        return super().instantiate_trainer(**kwargs)
+        checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints", filename="last", enable_version_counter=False
+        )
+        return self._trainer_with(checkpoint, **kwargs)
 
-    @rank_zero_only
     def before_fit(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "config.yaml"
-        path.write_text(self._parser("fit").dump(self.config["fit"]))
-        print(f"run directory {self.run_dir}; config in {path}")
+        self._save_config("config.yaml")
 
 
 def run_pretrain(args: list[str]) -> None:
