@@ -303,6 +303,8 @@ def _manifest_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("manifest", "write a JSONL manifest from a folder of audio, a CSV or a Kaldi data dir", _manifest_arguments)
 def manifest(args: argparse.Namespace) -> None:
+    import warnings
+
     from .data import write_jsonl
     from .manifests import from_csv, from_folder, from_kaldi, summarize
 
@@ -311,7 +313,11 @@ def manifest(args: argparse.Namespace) -> None:
         if wrong:
             raise ValueError(f"{option} does not apply to {'--folder' if args.folder else '--csv or --kaldi'}")
     if args.folder:
-        entries = from_folder(args.folder, args.pattern, args.ext.split(","))
+        with warnings.catch_warnings(record=True) as notes:  # files the pattern leaves out: a plain note line
+            warnings.simplefilter("always")
+            entries = from_folder(args.folder, args.pattern, args.ext.split(","))
+        for note in notes:
+            print(f"note: {note.message}", file=sys.stderr)
     elif args.csv:
         entries = from_csv(args.csv, args.audio_column, args.id_column, args.root)
     else:
