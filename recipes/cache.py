@@ -277,10 +277,11 @@ def _write_shard(
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
         with torch.no_grad(), autocast:
             output = upstream(padded.to(device), lengths.to(device))
-        stacked = torch.stack([output.hidden_states[layer] for layer in layers])  # [L', B, T, D]
+        states = [output.hidden_states[layer] for layer in layers]
         for row, entry in enumerate(items):
             frames = int(output.lengths[row])
-            pieces[entry["id"]] = stacked[:, row, :frames].to(dtype).cpu()
+            # One copy of the valid frames only, already in the stored type: `[L', T, D]`.
+            pieces[entry["id"]] = torch.stack([state[row, :frames].to(dtype) for state in states]).cpu()
     offsets, position = {}, 0
     for entry in shard:
         frames = pieces[entry["id"]].size(1)
