@@ -7,7 +7,7 @@ fit from the cache. Then, for the first upstream, where an epoch goes: its lengt
 fits, split by Lightning's simple profiler (`--trainer.profiler simple`, on in every fit) into fetching batches,
 the train and valid steps, and checkpoint writes. `--threads` sets OMP_NUM_THREADS for every command.
 
-    python benchmarks/cache_speedup.py [--upstreams base_random,tiny_hubert] [--epochs 5,20] [--workdir DIR]
+    python benchmarks/cache_speedup.py [--upstreams base_random,tiny_hubert] [--epochs 5,20] [--threads 1]
 
 `base_random` is a base-sized HuBERT (12 x 768, `transformers.HubertConfig()` defaults) with random weights, saved
 to a transformers directory and loaded as `hf:<dir>`; any other name is a strata upstream.
