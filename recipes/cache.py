@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,7 @@ def _write_shard(
         padded = torch.zeros(len(wavs), int(lengths.max()))
         for row, wav in enumerate(wavs):
             padded[row, : wav.numel()] = wav
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         with torch.no_grad(), autocast:
             output = upstream(padded.to(device), lengths.to(device))
         states = [output.hidden_states[layer] for layer in layers]
@@ -292,14 +293,6 @@ def _write_shard(
     save_file({"hidden": hidden}, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
     os.replace(partial, path)
     return offsets
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class FeatureCache:
@@ -344,11 +337,16 @@ class FeatureCache:
         path = os.path.abspath(manifest.path)
         if path in index.manifests and index.manifests[path] != file_sha256(path):
             raise CacheError(f"{manifest.path} changed since {where} was extracted from it; {redo}")
-        missing = [e["id"] for e in manifest.entries if e["id"] not in index.utterances]
+        self.check_covers(manifest)
+
+    def check_covers(self, manifest: Manifest) -> None:
+        """Refuse a manifest with utterances the cache does not hold, naming one."""
+        missing = [e["id"] for e in manifest.entries if e["id"] not in self.index.utterances]
         if missing:
             raise CacheError(
-                f"{len(missing)} utterance(s) of {manifest.path} are not in {where}, e.g. {missing[0]!r}; extract "
-                f"with every manifest of the run: {redo}"
+                f"{len(missing)} utterance(s) of {manifest.path} are not in {self.folder}, e.g. {missing[0]!r}; "
+                f"extract with every manifest of the run: strata extract --upstream {self.index.upstream} "
+                f"--manifest ... --out {self.folder}"
             )
 
     def size_bytes(self) -> int:

@@ -26,18 +26,9 @@ def cached_layers(cache: FeatureCache, layers: str | Sequence[int] = "all") -> l
     return sorted(set(layers))
 
 
-def check_covered(cache: FeatureCache, manifest: Manifest) -> None:
-    missing = [e["id"] for e in manifest.entries if e["id"] not in cache]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} utterance(s) of {manifest.path} are not in {cache.folder}, e.g. {missing[0]!r}: "
-            "extract the cache with this manifest too"
-        )
-
-
 def pooled(cache: FeatureCache, manifest: Manifest, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """`layer -> [N, D]`: each utterance's frames averaged, in manifest order (the utterance-level probe's input)."""
-    check_covered(cache, manifest)
+    cache.check_covers(manifest)
     rows = [cache.index.layers.index(layer) for layer in layers]
     vectors = torch.stack([cache.hidden(e["id"])[rows].mean(1) for e in manifest.entries], dim=1)  # [L, N, D]
     return dict(zip(layers, vectors, strict=True))
@@ -63,7 +54,7 @@ def sample_frames(
 ) -> Frames:
     """Up to `max_frames` frames drawn uniformly (seeded) from all of the manifest's frames, in utterance order.
     `keep[i]` (optional) is a boolean mask of utterance i's frames that may be drawn (e.g. those with a label)."""
-    check_covered(cache, manifest)
+    cache.check_covers(manifest)
     counts = [cache.frames(e["id"]) for e in manifest.entries]
     allowed = [keep[i] if keep is not None else np.ones(n, dtype=bool) for i, n in enumerate(counts)]
     candidates = [(i, t) for i, mask in enumerate(allowed) for t in np.flatnonzero(mask)]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-from upstream.base import prepare_waveforms
+from upstream.base import lengths_to_mask, prepare_waveforms
 from upstream.hf import TINY_CONFIG
 
 from .masking import span_mask
@@ -67,7 +67,7 @@ class HubertPretrainModule(L.LightningModule):
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """`wavs [B, S]` -> cluster logits `[B, T, K]`; `mask [B, T]` marks the frames to hide."""
-        attention = torch.arange(wavs.size(1), device=wavs.device)[None] < wav_lengths[:, None]
+        attention = lengths_to_mask(wav_lengths, wavs.size(1))
         hidden = self.hubert(
             prepare_waveforms(wavs, wav_lengths, self.normalize),
             attention_mask=attention.long() if self.normalize else None,
