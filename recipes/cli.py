@@ -26,6 +26,15 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+@command("env", "versions of the stack and accelerators; checks the native libraries load (for bug reports)")
+def environment(args: argparse.Namespace) -> None:
+    from .environment import main as environment_main
+
+    code = environment_main([])
+    if code:
+        sys.exit(code)
+
+
 @command("upstreams", "list the upstream presets: layers, hidden size, frame rate and source")
 def list_presets(args: argparse.Namespace) -> None:
     from upstream import PRESETS
@@ -358,8 +367,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from upstream import UpstreamLoadError
-
     given = sys.argv[1:] if argv is None else list(argv)
     if given and given[0] == "pretrain":
         name = "pretrain"
@@ -382,9 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         def run_command() -> None:
             COMMANDS[name][2](args)
 
+    user_errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+    if name != "env":  # `strata env` must answer when torch or torchaudio cannot be imported
+        from upstream import UpstreamLoadError
+
+        user_errors += (UpstreamLoadError,)
     try:
         run_command()
-    except (ValueError, UpstreamLoadError, FileNotFoundError) as error:
+    except user_errors as error:
         # Library code raises with the what and where; the command line shows just that, on one line.
         print(f"strata {name}: error: {_one_line(error)}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from upstream import compat
+
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
 from .tasks import SplitData, Task
@@ -80,7 +82,7 @@ class ManifestDataModule(L.LightningDataModule):
             self.bind(module.task, upstream.sample_rate, getattr(upstream, "min_samples", 0), upstream.frame_rate)
             if self.features is not None and self.cache is None:
                 self.cache = self._open_cache(module)
-            if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            if trainer.world_size > 1 and compat.trainer_uses_distributed_sampler(trainer):
                 raise ValueError(
                     "strata's bucketed batches shard themselves across processes; "
                     "set Trainer(use_distributed_sampler=False) (`strata fit` does)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
 
+from . import compat
 from .base import (
     Upstream,
     UpstreamLoadError,
@@ -58,7 +59,7 @@ class HFUpstream(Upstream):
         # data2vec-audio stacks several positional convolutions; transformers zeroes the padding only before the
         # first, so later ones smear padding into the last valid frames. Zeroing it before each keeps every
         # valid frame equal to running the utterance alone.
-        pos_convs = getattr(model.encoder.pos_conv_embed, "layers", [])
+        pos_convs = compat.positional_conv_layers(model)
         for layer in pos_convs:
             layer.register_forward_pre_hook(self._zero_padded_frames)
         self._masks_pos_convs = use_attention_mask and len(pos_convs) > 1
@@ -69,7 +70,7 @@ class HFUpstream(Upstream):
         self.set_trainable("frozen")
 
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
-        return self.model._get_feat_extract_output_lengths(wav_lengths).long()
+        return compat.feat_extract_output_lengths(self.model, wav_lengths)
 
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
         mask = lengths_to_mask(wav_lengths, wavs.size(1))
@@ -85,9 +86,9 @@ class HFUpstream(Upstream):
             )
         finally:
             self._frame_mask = None
-        # The last state is the encoder's output, after the final norm of pre-LN encoders, as fairseq, S3PRL and
-        # transformers 4 report it (transformers 5 returns the pre-norm value in hidden_states[-1]).
-        return [*out.hidden_states[:-1], out.last_hidden_state]
+        # The last state is the encoder's output, after the final norm of pre-LN encoders, as fairseq and S3PRL
+        # report it.
+        return compat.encoder_output_states(out)
 
     def _zero_padded_frames(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
         if self._frame_mask is None:
@@ -104,14 +105,14 @@ class HFUpstream(Upstream):
     def final_norm(self):
         # Pre-LN ("stable layer norm") encoders normalise after the last layer; the others before the first.
         encoder = self.model.encoder
-        return encoder.layer_norm if "StableLayerNorm" in type(encoder).__name__ else None
+        return encoder.layer_norm if compat.is_pre_layer_norm_encoder(encoder) else None
 
     def set_trainable(self, trainable: str = "frozen", train_cnn: bool = False) -> HFUpstream:
         super().set_trainable(trainable, train_cnn)
         # transformers' CNN marks its output as needing grad whenever its own flag says so (in train mode), which
         # would build a graph through the frozen CNN and every frozen layer above it (about twice the step time).
         cnn = self.model.feature_extractor
-        cnn._requires_grad = any(p.requires_grad for p in cnn.parameters())
+        compat.set_feature_encoder_grad(cnn, any(p.requires_grad for p in cnn.parameters()))
         return self
 
 

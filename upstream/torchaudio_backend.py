@@ -11,6 +11,7 @@ import torchaudio
 from torchaudio.models import Wav2Vec2Model
 from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 
+from . import compat
 from .base import (
     Upstream,
     UpstreamLoadError,
@@ -85,14 +86,14 @@ class TorchaudioUpstream(Upstream):
         if not self.use_attention_mask:
             lengths = None
         # Zeroes padded frames and builds the additive mask wav2vec 2.0 / HuBERT attention takes.
-        x, attention_mask = self.model.encoder._preprocess(features, lengths)
+        x, attention_mask = compat.torchaudio_encoder_input(self.model.encoder, features, lengths)
         padding = None if lengths is None else ~lengths_to_mask(lengths, x.size(1))
         if self.is_wavlm:
             # torchaudio's WavLM attention takes the padding as key_padding_mask only (its own extract_features
             # cannot mask at all); the other attentions ignore key_padding_mask.
             attention_mask = None
         transformer = self.model.encoder.transformer
-        x = transformer._preprocess(x)
+        x = compat.torchaudio_transformer_input(transformer, x)
         states, position_bias = [x], None
         for layer in transformer.layers:
             x, position_bias = layer(x, attention_mask, position_bias=position_bias, key_padding_mask=padding)
@@ -132,9 +133,7 @@ def load_state_dict_file(model: Wav2Vec2Model, path: str | os.PathLike) -> None:
             "`model.state_dict()` (or a fairseq checkpoint's ['model'] entry) with torch.save"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
-
-        state = _convert_state_dict(state["model"])
+        state = compat.convert_fairseq_state_dict(state["model"])
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches
@@ -174,12 +173,13 @@ def build_torchaudio_upstream(
             model = bundle_encoder(bundle.get_model())
         except OSError as error:
             hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            weights = compat.bundle_weights_file(bundle)
             raise UpstreamLoadError(
-                f"could not fetch the weights of torchaudio bundle {source} ({error}); put {bundle._path} in "
+                f"could not fetch the weights of torchaudio bundle {source} ({error}); put {weights} in "
                 f"{hub_dir}, or use torchaudio:<builder> with checkpoint=PATH"
             ) from None
         if normalize is None:
-            normalize = bundle._normalize_waveform
+            normalize = compat.bundle_normalizes_waveform(bundle)
         return TorchaudioUpstream(
             model, normalize, attention_mask, sample_rate=int(bundle.sample_rate), name=f"torchaudio:{source}"
         )

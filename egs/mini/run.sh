@@ -3,7 +3,9 @@
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
 # 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 7 pre-training a tiny
 # HuBERT on the corpus audio and probing it against its random-initialised twin, 100 report.
-#   bash run.sh                                  # everything, fbank and tiny_hubert
+#   bash run.sh                                  # everything, fbank and tiny_hubert (about forty minutes, 2 cores)
+#   bash run.sh --demo true                      # what `make demo` runs: every task with fbank, one ASD run, a
+#                                                # layer probe of tiny_hubert, the results table (<= 15 minutes)
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +16,7 @@ upstream="fbank tiny_hubert"   # one or more upstreams (space-separated), see `s
 interface=weighted_sum
 trainable=frozen
 seed=0
+demo=false                     # true: every task once with fbank, the emotion probe of tiny_hubert, no pre-training
 analysis_upstream=tiny_hubert  # stage 6: the upstream whose layers are analysed
 pretrain_epochs=30             # stage 7: epochs of HuBERT pre-training (a few CPU minutes)
 num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and verification
@@ -22,6 +25,11 @@ data_dir=data/mini
 exp_dir=exp
 usage="usage: bash run.sh [--stage N] [--stop_stage N] [--upstream 'A B'] [--interface NAME] [-- strata overrides]"
 . ../utils/parse_options.sh
+if [ "${demo}" = true ]; then
+    # fbank is the one upstream that learns every task in CPU minutes (tiny_hubert is random-initialised); the
+    # probe still needs a multi-layer model, so stage 6 probes tiny_hubert.
+    upstream=fbank
+fi
 
 log() { echo "$(date '+%F %T') ($(basename "$0")) $*"; }
 command -v strata > /dev/null || { echo "strata is not on PATH: run 'make install' and 'source .venv/bin/activate'" >&2; exit 1; }
@@ -88,17 +96,19 @@ fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     log "Stage 5: anomalous sound detection (trained embedding, with FeatEx, then frozen pooled features)"
     run_task asd --data.train "${data_dir}/asd/train.jsonl"
-    task_args=(--model.task.init_args.featex true); suffix=_featex
-    run_task asd --data.train "${data_dir}/asd/train.jsonl"
-    task_args=(); suffix=
-    for up in ${upstream}; do
-        run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
-        log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"
-        strata test --config conf/asd.yaml --seed_everything "${seed}" --model.upstream.name "${up}" \
-            --model.interface.name "${interface}" --model.task.init_args.head none \
-            --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
-            --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
-    done
+    if [ "${demo}" != true ]; then
+        task_args=(--model.task.init_args.featex true); suffix=_featex
+        run_task asd --data.train "${data_dir}/asd/train.jsonl"
+        task_args=(); suffix=
+        for up in ${upstream}; do
+            run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
+            log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"
+            strata test --config conf/asd.yaml --seed_everything "${seed}" --model.upstream.name "${up}" \
+                --model.interface.name "${interface}" --model.task.init_args.head none \
+                --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
+                --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
+        done
+    fi
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
@@ -109,29 +119,34 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     require "${data_dir}/all.jsonl" 0
     log "Stage 6: layer analysis of ${up}: every layer of every utterance cached once -> ${cache}"
     strata extract --upstream "${up}" --manifest "${data_dir}/all.jsonl" --out "${cache}" --dtype float32
-    for task in emotion speaker_id; do
+    probe_tasks="emotion speaker_id"
+    [ "${demo}" = true ] && probe_tasks=emotion
+    for task in ${probe_tasks}; do
         log "probe: which layers of ${up} hold the ${task} label -> ${out}/probe_${task}"
         strata probe --cache "${cache}" --task "${task}" --train "${data_dir}/${task}/train.jsonl" \
             --test "${data_dir}/${task}/test.jsonl" --out "${out}/probe_${task}"
     done
-    log "CCA of each layer with log-mel -> ${out}/cca"
-    strata analyze cca --cache "${cache}" --reference mel --out "${out}/cca"
-    log "mutual information of 32-means clusters with the speaker -> ${out}/mi_speaker"
-    strata analyze mi --cache "${cache}" --labels speaker --clusters 32 --out "${out}/mi_speaker"
-    runs=()
-    for task in emotion speaker_id; do
-        [ -f "${exp_dir}/${task}/${name}_weighted_sum/checkpoints/best.ckpt" ] && runs+=("${exp_dir}/${task}/${name}_weighted_sum")
-    done
-    if [ ${#runs[@]} -gt 0 ]; then
-        log "learned layer weights of ${runs[*]} -> ${out}/weights"
-        strata weights "${runs[@]}" --out "${out}/weights"
-    else
-        log "no weighted_sum runs of ${up} under ${exp_dir} yet (stages 1-2): no layer-weight plot"
+    if [ "${demo}" != true ]; then
+        log "CCA of each layer with log-mel -> ${out}/cca"
+        strata analyze cca --cache "${cache}" --reference mel --out "${out}/cca"
+        log "mutual information of 32-means clusters with the speaker -> ${out}/mi_speaker"
+        strata analyze mi --cache "${cache}" --labels speaker --clusters 32 --out "${out}/mi_speaker"
+        runs=()
+        for task in emotion speaker_id; do
+            [ -f "${exp_dir}/${task}/${name}_weighted_sum/checkpoints/best.ckpt" ] \
+                && runs+=("${exp_dir}/${task}/${name}_weighted_sum")
+        done
+        if [ ${#runs[@]} -gt 0 ]; then
+            log "learned layer weights of ${runs[*]} -> ${out}/weights"
+            strata weights "${runs[@]}" --out "${out}/weights"
+        else
+            log "no weighted_sum runs of ${up} under ${exp_dir} yet (stages 1-2): no layer-weight plot"
+        fi
     fi
     log "Stage 6 wrote: $(find "${out}" -name '*.csv' -o -name '*.png' | sort | tr '\n' ' ')"
 fi
 
-if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ] && [ "${demo}" != true ]; then
     require "${data_dir}/all.jsonl" 0
     pretrained="${exp_dir}/pretrain/tiny_hubert_it1"
     twin="${exp_dir}/pretrain/tiny_hubert_random"

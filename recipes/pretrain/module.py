@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
+from upstream import compat
 from upstream.base import lengths_to_mask, prepare_waveforms
 from upstream.hf import TINY_CONFIG
 
@@ -63,7 +64,7 @@ class HubertPretrainModule(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
 
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
-        return self.hubert._get_feat_extract_output_lengths(wav_lengths).long()
+        return compat.feat_extract_output_lengths(self.hubert, wav_lengths)
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """`wavs [B, S]` -> cluster logits `[B, T, K]`; `mask [B, T]` marks the frames to hide."""

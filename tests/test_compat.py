@@ -1,0 +1,98 @@
+"""One test per private API or version-dependent behaviour in upstream.compat: an upgrade that breaks one fails here."""
+
+import lightning as L
+import pytest
+import torch
+import torchaudio
+
+from upstream import compat
+from upstream.base import conv_output_lengths
+from upstream.hf import tiny_model
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wav2vec2", "wavlm", "data2vec-audio"])
+def test_transformers_frame_lengths_are_the_conv_formula_and_the_frames_it_makes(model_type):
+    model = tiny_model(model_type)
+    lengths = torch.tensor([400, 401, 16000, 12345])
+    kernels_strides = list(zip(model.config.conv_kernel, model.config.conv_stride, strict=True))
+    frames = compat.feat_extract_output_lengths(model, lengths)
+    assert frames.dtype == torch.long
+    assert frames.tolist() == conv_output_lengths(lengths, kernels_strides).tolist() == [1, 1, 49, 38]
+    with torch.no_grad():
+        assert model.feature_extractor(torch.zeros(1, 12345)).size(-1) == 38
+
+
+def test_transformers_cnn_output_needs_grad_only_when_told():
+    cnn = tiny_model("hubert").feature_extractor.train()
+    for parameter in cnn.parameters():
+        parameter.requires_grad_(False)
+    compat.set_feature_encoder_grad(cnn, True)
+    assert cnn(torch.randn(1, 800)).requires_grad  # the flag alone makes the frozen CNN's output need grad
+    compat.set_feature_encoder_grad(cnn, False)
+    assert not cnn(torch.randn(1, 800)).requires_grad
+
+
+def test_pre_layer_norm_encoders_are_told_apart_by_class():
+    assert compat.is_pre_layer_norm_encoder(tiny_model("hubert", do_stable_layer_norm=True).encoder)
+    assert not compat.is_pre_layer_norm_encoder(tiny_model("hubert", do_stable_layer_norm=False).encoder)
+
+
+def test_only_data2vec_audio_stacks_positional_convolutions():
+    assert len(compat.positional_conv_layers(tiny_model("data2vec-audio"))) == 5
+    assert compat.positional_conv_layers(tiny_model("hubert")) == []
+
+
+def test_transformers_5_keeps_the_pre_norm_value_in_the_last_hidden_state():
+    model = tiny_model("hubert", do_stable_layer_norm=True)
+    with torch.no_grad():
+        out = model(torch.randn(1, 4000), output_hidden_states=True)
+    states = compat.encoder_output_states(out)
+    assert len(states) == len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(states[-1], out.last_hidden_state)
+    with torch.no_grad():
+        assert torch.allclose(model.encoder.layer_norm(out.hidden_states[-1]), out.last_hidden_state, atol=1e-6)
+    assert not torch.allclose(out.hidden_states[-1], out.last_hidden_state)
+
+
+def test_torchaudio_encoder_input_zeroes_padding_and_masks_it():
+    model = torchaudio.models.hubert_base().eval()
+    features = torch.randn(2, 10, 512)
+    with torch.no_grad():
+        x, mask = compat.torchaudio_encoder_input(model.encoder, features, torch.tensor([10, 6]))
+        unmasked, no_mask = compat.torchaudio_encoder_input(model.encoder, features, None)
+        y = compat.torchaudio_transformer_input(model.encoder.transformer, x)
+    assert x.shape == (2, 10, 768) and no_mask is None
+    assert torch.equal(x[1, 6:], torch.zeros(4, 768))
+    assert torch.equal(x[0], unmasked[0])
+    assert mask.shape == (2, 1, 10, 10)  # additive: -10000 on padded keys (torchaudio 2.11), 0 elsewhere
+    assert (mask[1, 0, :, 6:] == -10000.0).all() and (mask[1, 0, :, :6] == 0).all() and (mask[0] == 0).all()
+    # The positional convolution is added (and, post-LN, normalised): shape kept, values changed.
+    assert y.shape == x.shape and not torch.allclose(y, x)
+
+
+def test_fairseq_keys_are_renamed_to_torchaudios():
+    weight = torch.randn(4, 4)
+    converted = compat.convert_fairseq_state_dict(
+        {
+            "encoder.layers.0.self_attn.k_proj.weight": weight,
+            "feature_extractor.conv_layers.0.0.weight": weight,
+            "post_extract_proj.weight": weight,
+        }
+    )
+    assert torch.equal(converted["encoder.transformer.layers.0.attention.k_proj.weight"], weight)
+    assert "feature_extractor.conv_layers.0.conv.weight" in converted
+    assert "encoder.feature_projection.projection.weight" in converted
+
+
+def test_torchaudio_bundles_name_their_weights_file_and_normalisation():
+    assert compat.bundle_weights_file(torchaudio.pipelines.HUBERT_BASE).endswith(".pth")
+    assert not compat.bundle_normalizes_waveform(torchaudio.pipelines.HUBERT_BASE)
+    assert compat.bundle_normalizes_waveform(torchaudio.pipelines.HUBERT_LARGE)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_lightning_trainer_keeps_use_distributed_sampler(flag, tmp_path):
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, use_distributed_sampler=flag, logger=False, default_root_dir=tmp_path
+    )
+    assert compat.trainer_uses_distributed_sampler(trainer) is flag

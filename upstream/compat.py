@@ -1,0 +1,91 @@
+"""Every private API and version-dependent behaviour of our dependencies that strata relies on, in one place.
+
+Each function here wraps one such use and has a test in tests/test_compat.py that pins the behaviour, so an
+upgrade that changes it fails in one named test instead of deep inside a run. It lives in `upstream` because that
+is the lowest package: every other package may import it, and it imports none of Lightning (the trainer helper only
+reads attributes of the object it is given).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+# transformers ------------------------------------------------------------------------------------------------------
+def feat_extract_output_lengths(model: torch.nn.Module, wav_lengths: torch.Tensor) -> torch.Tensor:
+    """Frames the CNN front-end of a transformers speech model makes from `wav_lengths [B]` samples.
+
+    transformers' own rule (`_get_feat_extract_output_lengths`, with the adapter if the config has one), so our
+    lengths match the frames the model computes.
+    """
+    return model._get_feat_extract_output_lengths(wav_lengths).long()
+
+
+def set_feature_encoder_grad(cnn: torch.nn.Module, requires_grad: bool) -> None:
+    """Tell a transformers CNN front-end whether its output needs a gradient.
+
+    transformers marks the CNN's output `requires_grad` whenever its private `_requires_grad` flag is set (in train
+    mode), which would build a graph through a frozen CNN and every frozen layer above it.
+    """
+    cnn._requires_grad = requires_grad
+
+
+def is_pre_layer_norm_encoder(encoder: torch.nn.Module) -> bool:
+    """Whether a transformers wav2vec 2.0-family encoder normalises after its last layer ("stable layer norm").
+
+    transformers has no flag on the encoder for it; the pre-LN variants are separate classes named
+    `*EncoderStableLayerNorm`.
+    """
+    return "StableLayerNorm" in type(encoder).__name__
+
+
+def positional_conv_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The stacked positional convolutions of data2vec-audio (`pos_conv_embed.layers`); [] for the one-conv families."""
+    return list(getattr(model.encoder.pos_conv_embed, "layers", []))
+
+
+def encoder_output_states(output: Any) -> list[torch.Tensor]:
+    """All hidden states of a transformers encoder call, the last one being the encoder's output.
+
+    transformers 5 puts the value before a pre-LN encoder's final layer norm in `hidden_states[-1]` (transformers 4,
+    fairseq and S3PRL report the normalised one); `last_hidden_state` is the normalised output in both.
+    """
+    return [*output.hidden_states[:-1], output.last_hidden_state]
+
+
+# torchaudio --------------------------------------------------------------------------------------------------------
+def torchaudio_encoder_input(
+    encoder: torch.nn.Module, features: torch.Tensor, lengths: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torchaudio `Encoder._preprocess`: feature projection, padded frames zeroed, additive attention mask."""
+    return encoder._preprocess(features, lengths)
+
+
+def torchaudio_transformer_input(transformer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchaudio `Transformer._preprocess`: positional convolution added, the layer norm of post-LN encoders."""
+    return transformer._preprocess(x)
+
+
+def convert_fairseq_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fairseq wav2vec 2.0 / HuBERT checkpoint's `model` entry with its keys renamed to torchaudio's."""
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    return _convert_state_dict(state)
+
+
+def bundle_weights_file(bundle: Any) -> str:
+    """The file name a torchaudio `Wav2Vec2Bundle` downloads its weights to (under torch.hub's checkpoints)."""
+    return bundle._path
+
+
+def bundle_normalizes_waveform(bundle: Any) -> bool:
+    """Whether a torchaudio bundle's model was trained on normalised waveforms (its layer-norm wrapper)."""
+    return bool(bundle._normalize_waveform)
+
+
+# Lightning ---------------------------------------------------------------------------------------------------------
+def trainer_uses_distributed_sampler(trainer: Any) -> bool:
+    """`Trainer(use_distributed_sampler=...)`, which the trainer keeps only on its private accelerator connector."""
+    return bool(trainer._accelerator_connector.use_distributed_sampler)
