@@ -1,0 +1,58 @@
+"""egs/mini/run.sh --demo true (what `make demo` runs) and the full recipe, with a `strata` that logs its calls."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("emotion", "speaker_id", "speaker_verification", "asr", "asd")
+
+
+def recorded_calls(tmp_path: Path, *options: str) -> list[list[str]]:
+    data, exp, bin_dir, log = tmp_path / "data", tmp_path / "exp", tmp_path / "bin", tmp_path / "calls.txt"
+    for task in TASKS:
+        (data / task).mkdir(parents=True)
+        (data / task / "train.jsonl").write_text("")
+    (data / "speaker_verification" / "trials.txt").write_text("")
+    (data / "all.jsonl").write_text("")
+    bin_dir.mkdir()
+    fake = bin_dir / "strata"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = ["bash", str(ROOT / "egs/mini/run.sh"), "--stage", "1", "--data_dir", str(data), "--exp_dir", str(exp)]
+    result = subprocess.run([*command, *options], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [line.split() for line in log.read_text().splitlines()]
+
+
+def option(call: list[str], name: str) -> str:
+    return call[call.index(name) + 1]
+
+
+def test_demo_runs_every_task_with_fbank_one_probe_and_the_report(tmp_path):
+    calls = recorded_calls(tmp_path, "--demo", "true")
+    fits = [call for call in calls if call[0] == "fit"]
+    assert [Path(option(call, "--config")).stem for call in fits] == list(TASKS)
+    assert {option(call, "--model.upstream.name") for call in fits} == {"fbank"}
+    assert sum(call[0] == "test" for call in calls) == len(TASKS)  # no FeatEx or frozen-feature ASD runs
+    extracts = [call for call in calls if call[0] == "extract"]
+    assert len(extracts) == 1 and option(extracts[0], "--upstream") == "tiny_hubert"
+    probes = [call for call in calls if call[0] == "probe"]
+    assert [option(call, "--task") for call in probes] == ["emotion"]
+    assert not [call for call in calls if call[0] in ("analyze", "weights", "pretrain")]
+    assert calls[-1][0] == "report"
+
+
+@pytest.mark.parametrize("demo", [[], ["--demo", "false"]])
+def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tmp_path, demo):
+    calls = recorded_calls(tmp_path, *demo)
+    fits = [call for call in calls if call[0] == "fit"]
+    upstreams = [option(call, "--model.upstream.name") for call in fits]
+    assert upstreams.count("fbank") == upstreams.count("tiny_hubert") == len(TASKS) + 1  # + the FeatEx ASD run
+    assert {option(call, "--task") for call in calls if call[0] == "probe"} == {"emotion", "speaker_id"}
+    assert {call[1] for call in calls if call[0] == "analyze"} == {"cca", "mi"}
+    assert sum(call[0] == "pretrain" for call in calls) == 2  # the pre-trained model and its random twin
+    assert calls[-1][0] == "report"
