@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # Distributions whose versions a bug report needs, in the order printed.
 PACKAGES = (
@@ -158,9 +159,49 @@ def optional_versions() -> dict[str, str]:
     return {"espeak-ng": espeak_version(), "flashlight-text": flashlight}
 
 
+# The tested set, beside the sources in a checkout (an editable install); absent from a wheel install.
+LOCK = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """`name==version` lines of a pip constraints file, names normalised as pip compares them."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[normalise(name)] = version.strip()
+    return pins
+
+
+def normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def lock_differences(path: Path = LOCK) -> str:
+    """Whether the installed distributions are the locked ones: what a bug report on another stack must say."""
+    if not path.is_file():
+        return f"no lock at {path} (not a checkout): versions as installed"
+    installed = {normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    locked = read_lock(path)
+    # Local labels (+cu130, +cpu) name the build, not the release.
+    differ = [
+        f"{name} {installed[name]} (lock {version})"
+        for name, version in sorted(locked.items())
+        if name in installed and installed[name].split("+")[0] != version.split("+")[0]
+    ]
+    missing = sorted(set(locked) - set(installed))  # platform-specific ones (the CUDA libraries) on other systems
+    parts = []
+    if differ:
+        parts.append(f"{len(differ)} differ: " + ", ".join(differ))
+    if missing:
+        parts.append(f"{len(missing)} not installed: " + ", ".join(missing))
+    return f"{'; '.join(parts)} (against {path})" if parts else f"as in {path}"
+
+
 def report_rows(checks: list[Check]) -> list[tuple[str, str]]:
     rows = [("python", f"{platform.python_version()} ({sys.executable})"), ("platform", platform.platform())]
     rows += [(name, package_version(name)) for name in PACKAGES]
+    rows += [("lock", lock_differences())]
     rows += list(accelerators().items()) + list(optional_versions().items())
     rows += [(f"{check.name} native library", ("ok: " if check.ok else "FAILED: ") + check.detail) for check in checks]
     return rows

@@ -84,6 +84,14 @@ def test_fairseq_keys_are_renamed_to_torchaudios():
     assert "encoder.feature_projection.projection.weight" in converted
 
 
+def test_normalising_bundles_are_unwrapped_to_their_encoder():
+    from torchaudio.pipelines._wav2vec2.utils import _extend_model
+
+    encoder = torchaudio.models.hubert_base()
+    wrapped = _extend_model(encoder, normalize_waveform=True)  # what HUBERT_LARGE.get_model() returns
+    assert compat.bundle_encoder(wrapped) is encoder and compat.bundle_encoder(encoder) is encoder
+
+
 def test_torchaudio_bundles_name_their_weights_file_and_normalisation():
     assert compat.bundle_weights_file(torchaudio.pipelines.HUBERT_BASE).endswith(".pth")
     assert not compat.bundle_normalizes_waveform(torchaudio.pipelines.HUBERT_BASE)

@@ -51,3 +51,22 @@ def test_versions_come_from_the_installed_distributions():
 
     assert environment.package_version("torch") == torch.__version__.split("+")[0]
     assert environment.package_version("no-such-distribution-strata") == "not installed"
+
+
+def test_strata_env_says_which_installed_versions_differ_from_the_lock(tmp_path):
+    import numpy
+
+    lock = tmp_path / "lock.txt"
+    lock.write_text(
+        f"# a comment line\ntorch==0.0.1+cpu\nnumpy=={numpy.__version__}\nno_such.dist==1.0  # trailing note\n"
+    )
+    text = environment.lock_differences(lock)
+    assert f"1 differ: torch {environment.package_version('torch')} (lock 0.0.1+cpu)" in text
+    assert "1 not installed: no-such-dist" in text and "numpy" not in text
+    lock.write_text(f"numpy=={numpy.__version__}\n")
+    assert environment.lock_differences(lock) == f"as in {lock}"
+    assert "not a checkout" in environment.lock_differences(tmp_path / "absent.txt")
+
+
+def test_the_installed_stack_is_the_committed_lock():
+    assert environment.lock_differences() == f"as in {environment.LOCK}"

@@ -80,6 +80,17 @@ def bundle_weights_file(bundle: Any) -> str:
     return bundle._path
 
 
+def bundle_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The `Wav2Vec2Model` inside what `Wav2Vec2Bundle.get_model()` returns.
+
+    Normalising bundles wrap it in torchaudio's private `_Wav2Vec2Model` (a whole-batch layer norm first), which keeps
+    the encoder as `.model`.
+    """
+    from torchaudio.models import Wav2Vec2Model
+
+    return model if isinstance(model, Wav2Vec2Model) else model.model
+
+
 def bundle_normalizes_waveform(bundle: Any) -> bool:
     """Whether a torchaudio bundle's model was trained on normalised waveforms (its layer-norm wrapper)."""
     return bool(bundle._normalize_waveform)

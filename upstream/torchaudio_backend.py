@@ -115,11 +115,6 @@ class TorchaudioUpstream(Upstream):
         return None if transformer.layer_norm_first else transformer.layer_norm
 
 
-def bundle_encoder(model: torch.nn.Module) -> Wav2Vec2Model:
-    """The `Wav2Vec2Model` inside what `Wav2Vec2Bundle.get_model()` returns."""
-    return model if isinstance(model, Wav2Vec2Model) else model.model
-
-
 def load_state_dict_file(model: Wav2Vec2Model, path: str | os.PathLike) -> None:
     """Load a torchaudio state dict, or a fairseq checkpoint (its `model` entry, keys converted)."""
     path = Path(path)
@@ -170,7 +165,7 @@ def build_torchaudio_upstream(
     if isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle):
         try:
             # Normalising bundles come wrapped (a whole-batch layer norm); take the encoder, normalise per utterance.
-            model = bundle_encoder(bundle.get_model())
+            model = compat.bundle_encoder(bundle.get_model())
         except OSError as error:
             hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
             weights = compat.bundle_weights_file(bundle)
