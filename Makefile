@@ -1,5 +1,5 @@
 # make install: .venv with strata and its dev tools, exactly the versions in requirements/lock.txt; make test: ruff +
-# pytest; make demo: every task of the mini recipe end to end (about 7 minutes on 2 cores); make demo-full: the
+# pytest; make demo: every task of the mini recipe end to end (7 to 9 minutes on 2 cores); make demo-full: the
 # whole mini recipe (every upstream, pre-training); make lock: resolve pyproject's ranges afresh and test them.
 PYTHON ?= python3
 VENV ?= .venv
