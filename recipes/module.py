@@ -17,7 +17,11 @@ from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
+from .cache import upstream_fingerprint
 from .tasks import EmbeddingTable, Evaluator, Task, task_class
+
+# Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
+FROZEN_UPSTREAM_KEY = "strata_frozen_upstream"
 
 
 @dataclass
@@ -81,6 +85,7 @@ class SSLTaskModule(L.LightningModule):
         self.feature_norm = FeatureNorm(self.interface.output_size) if feature_norm else None
         self.head = task.build_head(self.interface.output_size)
         self.evaluator: Evaluator | None = None
+        self._upstream_fingerprint: str | None = None
 
     @property
     def run_name(self) -> str:
@@ -104,8 +109,46 @@ class SSLTaskModule(L.LightningModule):
             interface=InterfaceConfig(**hparams.pop("interface", {})),
             **{k: v for k, v in hparams.items() if not k.startswith("_")},
         )
+        module.on_load_checkpoint(checkpoint, where=str(path))
         module.load_state_dict(checkpoint["state_dict"])
         return module.eval()
+
+    @property
+    def upstream_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.upstream.parameters())
+
+    @property
+    def upstream_fingerprint(self) -> str:
+        """The frozen upstream's `recipes.cache.upstream_fingerprint`, computed once (its weights never change)."""
+        if self._upstream_fingerprint is None or not self.upstream_frozen:
+            self._upstream_fingerprint = upstream_fingerprint(self.upstream)
+        return self._upstream_fingerprint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A frozen upstream is rebuilt from its source on load: the checkpoint keeps its name and fingerprint, not
+        its weights (361 MiB of every checkpoint of a base model). A trainable upstream's weights stay in."""
+        if not self.upstream_frozen:
+            return
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith("upstream.")]:
+            del state[key]
+        checkpoint[FROZEN_UPSTREAM_KEY] = {"name": self.upstream_config.name, "fingerprint": self.upstream_fingerprint}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any], where: str = "the checkpoint") -> None:
+        """Put the rebuilt frozen upstream's weights back into a checkpoint that left them out, once its
+        fingerprint shows it is the model the checkpoint was trained on (Lightning loads the state dict next)."""
+        saved = checkpoint.get(FROZEN_UPSTREAM_KEY)
+        if saved is None:  # the upstream's weights are in the checkpoint
+            return
+        current = self.upstream_fingerprint
+        if saved["fingerprint"] != current:
+            raise ValueError(
+                f"{where} was trained on the frozen upstream {saved['name']!r} (weights {saved['fingerprint']}), "
+                f"which it does not store; {self.upstream_config.name!r} now loads other weights ({current}). "
+                "Load it with the same upstream source and files it was trained with"
+            )
+        state = checkpoint["state_dict"]
+        state.update({f"upstream.{key}": value for key, value in self.upstream.state_dict().items()})
 
     def features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`wavs [B, S]`, `wav_lengths [B]` -> what the head reads: `features [B, T, D]` and `lengths [B]`."""

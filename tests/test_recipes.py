@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recipes.cli import main
-from recipes.module import InterfaceConfig, SSLTaskModule, UpstreamConfig
+from recipes.module import FROZEN_UPSTREAM_KEY, InterfaceConfig, SSLTaskModule, UpstreamConfig
 from recipes.tasks import EmotionTask, build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +145,38 @@ def test_ddp_on_two_cpu_processes_sees_each_training_sample_once(mini_corpus, tm
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
     train_ids = [json.loads(line)["id"] for line in open(mini_corpus / "emotion" / "train.jsonl")]
     assert sorted(seen[0] + seen[1]) == sorted(train_ids)
+
+
+def test_only_a_trainable_upstream_keeps_its_weights_in_a_checkpoint():
+    for trainable, kept in [("frozen", False), ("top:1", True)]:
+        module = SSLTaskModule(EmotionTask(classes=["a", "b"]), UpstreamConfig("tiny_hubert", trainable=trainable))
+        checkpoint = {"state_dict": module.state_dict()}
+        module.on_save_checkpoint(checkpoint)
+        upstream_keys = [key for key in checkpoint["state_dict"] if key.startswith("upstream.")]
+        assert bool(upstream_keys) is kept, trainable
+        assert any(key.startswith("head.") for key in checkpoint["state_dict"])
+        assert (FROZEN_UPSTREAM_KEY in checkpoint) is not kept
+
+
+def test_a_frozen_upstream_is_rebuilt_on_load_and_a_different_one_refused(mini_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    upstream = ["--model.upstream.name", "tiny_hubert"]
+    assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "1", *upstream)) == 0
+    path = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert not [key for key in checkpoint["state_dict"] if key.startswith("upstream.")]
+    assert checkpoint[FROZEN_UPSTREAM_KEY]["name"] == "tiny_hubert"
+    module = SSLTaskModule.from_checkpoint(path)
+    fresh = SSLTaskModule(EmotionTask(classes=module.task.classes), UpstreamConfig("tiny_hubert"))
+    pairs = zip(module.upstream.state_dict().items(), fresh.upstream.state_dict().values(), strict=True)
+    for (name, value), reference in pairs:
+        assert torch.equal(value, reference), name
+    head = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith("head.")}
+    assert head and all(torch.equal(module.state_dict()[key], value) for key, value in head.items())
+    # Resuming and testing go through Lightning's own loading path.
+    assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last", *upstream)) == 0
+    assert torch.load(path, weights_only=True)["epoch"] > checkpoint["epoch"]
+    checkpoint[FROZEN_UPSTREAM_KEY]["fingerprint"] = "0" * 16
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="trained on the frozen upstream 'tiny_hubert' .* does not store"):
+        SSLTaskModule.from_checkpoint(tmp_path / "other.ckpt")
