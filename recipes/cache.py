@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .audio import read_audio
-from .data import Manifest, bucket_batches, read_manifest
+from .data import Manifest, bucket_batches, crop_start, read_manifest, repeat_to, utterance_seconds
 
 INDEX = "index.json"
 FORMAT = "strata-feature-cache/1"
@@ -356,21 +355,14 @@ class FeatureCache:
         return self.size_bytes() / max(self.index.seconds / 3600, 1e-12) / len(self.index.layers)
 
 
-def frame_crop(frames: int, crop_seconds: float | None, frame_rate: float) -> tuple[int, int]:
-    """A random `crop_seconds` window of `frames` (all of them when shorter or no crop): `(start, stop)`."""
-    if crop_seconds is None:
-        return 0, frames
-    length = max(1, int(math.floor(crop_seconds * frame_rate)))
-    if frames <= length:
-        return 0, frames
-    start = int(torch.randint(frames - length + 1, ()))
-    return start, start + length
-
-
 class CachedFeatureDataset(torch.utils.data.Dataset):
     """The cached hidden states of a manifest's utterances, in place of `AudioDataset`'s waveforms: items
-    `{"index", "id", "hidden": [L, T, D], "target"}`. With `crop_seconds`, a random window of that many seconds of
-    frames (the whole utterance when shorter), as `AudioDataset` crops audio."""
+    `{"index", "id", "hidden": [L, T, D], "target"}`.
+
+    With `crop_seconds`, items are crops of `crop_frames` frames (what the upstream makes of a crop's samples), taken
+    as `AudioDataset` takes them: the same draw from torch's generator (`crop_start`, on the frame grid), and an
+    utterance shorter than the crop repeated to fill it. So one seed gives the same crops as training from audio.
+    """
 
     def __init__(
         self,
@@ -378,10 +370,17 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         cache: FeatureCache,
         targets: Sequence[Any] | None = None,
         crop_seconds: float | None = None,
+        crop_frames: int | None = None,
     ) -> None:
         if targets is not None and len(targets) != len(manifest):
             raise ValueError(f"{len(targets)} targets for {len(manifest)} utterances of {manifest.path}")
-        self.manifest, self.cache, self.targets, self.crop_seconds = manifest, cache, targets, crop_seconds
+        if crop_seconds is not None and (crop_frames is None or crop_frames < 1):
+            raise ValueError(
+                f"crop_seconds={crop_seconds} needs crop_frames, the upstream's frames of that many seconds of audio "
+                f"(upstream.frame_lengths of its samples); got {crop_frames}"
+            )
+        self.manifest, self.cache, self.targets = manifest, cache, targets
+        self.crop_seconds, self.crop_frames = crop_seconds, crop_frames
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -389,13 +388,25 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
     @property
     def durations(self) -> list[float]:
         if self.crop_seconds is not None:
-            return [min(self.crop_seconds, d) for d in self.manifest.durations]
+            return [self.crop_seconds] * len(self)
         return self.manifest.durations
+
+    def _crop(self, entry: dict[str, Any]) -> torch.Tensor:
+        frames, rate = self.cache.frames(entry["id"]), self.cache.index.frame_rate
+        start = crop_start(utterance_seconds(entry), self.crop_seconds, rate) or 0
+        # A manifest duration rounded up could put the window past the cached frames: keep it inside.
+        start = min(start, max(frames - self.crop_frames, 0))
+        hidden = self.cache.hidden(entry["id"], start, start + self.crop_frames)
+        # Tiled frames equal the frames of the tiled audio up to the seam only: the audio's frames there straddle
+        # the seam, and its period is the clip's samples, not its whole frames, so later copies sit a frame or two
+        # apart. Crops inside the utterance are exact for frame-local upstreams (fbank, mfcc); a transformer's
+        # frames of a crop differ anyway, as the cache saw the whole utterance as context.
+        return repeat_to(hidden, self.crop_frames, dim=1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.manifest.entries[index]
-        start, stop = frame_crop(self.cache.frames(entry["id"]), self.crop_seconds, self.cache.index.frame_rate)
-        item = {"index": index, "id": entry["id"], "hidden": self.cache.hidden(entry["id"], start, stop)}
+        hidden = self.cache.hidden(entry["id"]) if self.crop_seconds is None else self._crop(entry)
+        item = {"index": index, "id": entry["id"], "hidden": hidden}
         if self.targets is not None:
             item["target"] = self.targets[index]
         return item

@@ -151,7 +151,9 @@ class AudioDataset(Dataset):
 
     With `crop_seconds`, every item is a random crop of exactly that length (a new one each time it is read, from
     torch's generator), and a shorter clip is repeated to fill it rather than zero-padded: speaker embeddings
-    trained on silence-padded crops learn the padding. Only the cropped segment is read from disk.
+    trained on silence-padded crops learn the padding. Only the cropped segment is read from disk. Crops start on
+    the grid of `frame_rate` (the upstream's frames; every sample when unset), so that `CachedFeatureDataset` can
+    take the same crops, from the same seed, as frames.
     """
 
     def __init__(
@@ -161,17 +163,19 @@ class AudioDataset(Dataset):
         targets: Sequence[Any] | None = None,
         min_samples: int = 0,
         crop_seconds: float | None = None,
+        frame_rate: float | None = None,
     ) -> None:
         if targets is not None and len(targets) != len(manifest):
             raise ValueError(f"{len(targets)} targets for {len(manifest)} utterances of {manifest.path}")
         self.manifest = manifest
         self.sample_rate = sample_rate
+        self.frame_rate = frame_rate
         self.targets = targets
         self.min_samples = min_samples
         if crop_seconds is not None and crop_seconds * sample_rate < max(min_samples, 1):
             raise ValueError(f"crop_seconds={crop_seconds} is shorter than the upstream's {min_samples} samples")
         self.crop_seconds = crop_seconds
-        self.crop_samples = None if crop_seconds is None else int(round(crop_seconds * sample_rate))
+        self.crop_samples = None if crop_seconds is None else crop_samples(crop_seconds, sample_rate)
         short = [d for d in manifest.durations if d * sample_rate < min_samples and crop_seconds is None]
         if short:
             warnings.warn(
@@ -194,12 +198,13 @@ class AudioDataset(Dataset):
         start, end = entry.get("start"), entry.get("end")
         if self.crop_seconds is None:
             return start, end
-        first = start or 0.0
-        length = (end - first) if end is not None else float(entry["duration"])
-        if length <= self.crop_seconds:
+        rate = self.frame_rate or self.sample_rate
+        step = crop_start(utterance_seconds(entry), self.crop_seconds, rate)
+        if step is None:
             return start, end
-        offset = first + float(torch.rand(())) * (length - self.crop_seconds)
-        return offset, offset + self.crop_seconds
+        offset = (start or 0.0) + step / rate
+        # The end in whole samples after the start: the read is exactly the crop, not one sample short by rounding.
+        return offset, offset + self.crop_samples / self.sample_rate
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.manifest.entries[index]
@@ -217,10 +222,38 @@ class AudioDataset(Dataset):
         return item
 
 
-def repeat_to(wav: torch.Tensor, samples: int) -> torch.Tensor:
-    """`wav [S]` repeated end to end (or cut) to exactly `samples`."""
-    repeats = -(-samples // wav.numel())
-    return wav.repeat(repeats)[:samples]
+def utterance_seconds(entry: Mapping[str, Any]) -> float:
+    """Seconds of audio a manifest entry stands for: its `start`-`end` segment, or its whole `duration`."""
+    start, end = entry.get("start"), entry.get("end")
+    return end - (start or 0.0) if end is not None else float(entry["duration"])
+
+
+def crop_samples(crop_seconds: float, sample_rate: int) -> int:
+    """Samples in a `crop_seconds` crop: what `AudioDataset` gives the upstream, whose frames of it a cache crops."""
+    return int(round(crop_seconds * sample_rate))
+
+
+def crop_start(seconds: float, crop_seconds: float, rate: float) -> int | None:
+    """Where a random `crop_seconds` window of a `seconds`-long utterance starts, in steps of 1/`rate` s: uniform
+    over the starts that keep it inside, one draw from torch's generator. None, without a draw, when the utterance
+    is no longer than the crop: it is repeated to fill the crop instead.
+
+    `AudioDataset` (in samples, at the frame rate's steps) and `CachedFeatureDataset` (in frames) both crop here, so
+    one seed gives both the same crops of the same utterances.
+    """
+    if seconds <= crop_seconds:
+        return None
+    # 1e-6 so float error does not lose the last start: (2.3 - 0.5) * 100 is 179.99999999999997.
+    starts = int(math.floor((seconds - crop_seconds) * rate + 1e-6)) + 1
+    return int(torch.randint(starts, ()))
+
+
+def repeat_to(x: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:
+    """`x` repeated end to end (or cut) along `dim` to exactly `size`: `wav [S]` to samples, `hidden [L, T, D]` to
+    frames (dim 1)."""
+    repeats = [1] * x.dim()
+    repeats[dim] = -(-size // x.size(dim))
+    return x.repeat(*repeats).narrow(dim, 0, size)
 
 
 class PadCollate:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from upstream import compat
 
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
-from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
+from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
 
@@ -100,10 +100,16 @@ class ManifestDataModule(L.LightningDataModule):
             crop_seconds = self.task.train_crop_seconds if split == "train" else None
             if self.cache is not None:
                 self.cache.check(self.upstream_name, self.fingerprint, manifest)
-                self.datasets[split] = CachedFeatureDataset(manifest, self.cache, targets, crop_seconds)
+                crop_frames = None if crop_seconds is None else self._crop_frames(crop_seconds)
+                self.datasets[split] = CachedFeatureDataset(manifest, self.cache, targets, crop_seconds, crop_frames)
             else:
                 self.datasets[split] = AudioDataset(
-                    manifest, self.sample_rate, targets, min_samples=self.min_samples, crop_seconds=crop_seconds
+                    manifest,
+                    self.sample_rate,
+                    targets,
+                    min_samples=self.min_samples,
+                    crop_seconds=crop_seconds,
+                    frame_rate=self.frame_rate,
                 )
             if self.task.uses_trials and split != "train":
                 self.split_trials[split] = self._read_trials(split, manifest)
@@ -121,6 +127,11 @@ class ManifestDataModule(L.LightningDataModule):
                              "(featex); train it from audio")  # fmt: skip
         self.upstream_name, self.fingerprint = module.upstream_config.name, upstream_fingerprint(module.upstream)
         return FeatureCache(self.features)
+
+    def _crop_frames(self, crop_seconds: float) -> int:
+        """The upstream's frames of a `crop_seconds` crop of audio: the length of a cached crop."""
+        samples = torch.tensor([crop_samples(crop_seconds, self.sample_rate)])
+        return int(self.trainer.lightning_module.upstream.frame_lengths(samples)[0])
 
     def _usable(self, manifest: Manifest, split: str) -> Manifest:
         """`manifest` without the utterances the task drops; the dropped ones are counted once, by reason, and

@@ -10,18 +10,33 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
+import soundfile
 import torch
 
 from recipes.audio import read_audio
-from recipes.cache import CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
-from recipes.data import read_manifest, write_jsonl
+from recipes.cache import CachedFeatureDataset, CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
+from recipes.data import AudioDataset, read_manifest, write_jsonl
 from recipes.datamodule import ManifestDataModule
 from recipes.module import SSLTaskModule, UpstreamConfig
-from recipes.tasks import EmotionTask
+from recipes.tasks import EmotionTask, SpeakerIdTask, Task
 from upstream import build_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clips(tmp_path) -> Path:
+    """Noise clips of 1 s and 1.37 s (longer than a 0.5 s crop) and 0.3 s (shorter), with an fp32 fbank cache."""
+    generator, entries = np.random.default_rng(0), []
+    for name, seconds in [("long", 1.0), ("odd", 1.37), ("short", 0.3)]:
+        wav = 0.1 * generator.standard_normal(int(seconds * 16000)).astype("float32")
+        soundfile.write(str(tmp_path / f"{name}.wav"), wav, 16000, subtype="FLOAT")
+        entries.append({"id": name, "audio": f"{name}.wav", "duration": seconds})
+    manifest = write_jsonl(tmp_path / "clips.jsonl", entries)
+    extract("fbank", [manifest], tmp_path / "fbank", dtype="float32", progress=False)
+    return manifest
 
 
 @pytest.fixture
@@ -107,10 +122,11 @@ class FirstLoss(L.Callback):
         self.loss = float(outputs["loss"])
 
 
-def first_step_loss(corpus: Path, features: str | None) -> float:
+def first_step_loss(corpus: Path, features: str | None, task: Task | None = None) -> float:
     L.seed_everything(0)
-    module = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name="fbank"))
-    splits = {split: str(corpus / "emotion" / f"{split}.jsonl") for split in ("train", "valid")}
+    task = task or EmotionTask()
+    module = SSLTaskModule(task, upstream=UpstreamConfig(name="fbank"))
+    splits = {split: str(corpus / task.name / f"{split}.jsonl") for split in ("train", "valid")}
     data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features)
     callback = FirstLoss()
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, accelerator="cpu",
@@ -125,6 +141,62 @@ def test_training_from_the_cache_gives_the_first_step_loss_of_training_from_audi
     extract("fbank", manifests, tmp_path / "cache", dtype="float32", progress=False)
     live, cached = first_step_loss(mini_corpus, None), first_step_loss(mini_corpus, str(tmp_path / "cache"))
     assert cached == pytest.approx(live, rel=1e-5)
+
+
+def test_training_from_the_cache_with_crops_gives_the_first_step_loss_of_training_from_audio(mini_corpus, tmp_path):
+    # Every clip is longer than the 1 s crop, so every crop is inside its clip, where fbank's cached frames are the
+    # crop's own frames: the same draws must give the same batch.
+    manifests = [mini_corpus / "speaker_id" / f"{split}.jsonl" for split in ("train", "valid")]
+    train = read_manifest(manifests[0])
+    assert min(train.durations) > 1.0
+    speakers = sorted({entry["speaker"] for entry in train.entries})
+    extract("fbank", manifests, tmp_path / "cache", dtype="float32", progress=False)
+    live = first_step_loss(mini_corpus, None, SpeakerIdTask(speakers, crop_seconds=1.0))
+    cached = first_step_loss(mini_corpus, str(tmp_path / "cache"), SpeakerIdTask(speakers, crop_seconds=1.0))
+    assert cached == pytest.approx(live, rel=1e-5)
+
+
+def test_a_clip_shorter_than_the_crop_is_tiled_to_the_crop_in_frames_as_audio_is_in_samples(clips, tmp_path):
+    fbank, cache = build_upstream("fbank"), FeatureCache(tmp_path / "fbank")
+    frames = int(fbank.frame_lengths(torch.tensor([8000]))[0])  # 48: what fbank makes of a 0.5 s crop
+    manifest = read_manifest(clips)
+    dataset = CachedFeatureDataset(manifest, cache, crop_seconds=0.5, crop_frames=frames)
+    assert dataset.durations == [0.5, 0.5, 0.5]  # batches are sized as AudioDataset's
+    whole = cache.hidden("short")
+    clip = whole.size(1)  # 28 frames of 0.3 s
+    tiled = dataset[2]["hidden"]
+    assert tiled.shape == (1, frames, 80)
+    assert torch.equal(tiled, torch.cat([whole, whole[:, : frames - clip]], dim=1))
+    # The tiled audio's frames agree up to the seam, where its windows start to straddle the two copies.
+    wav = AudioDataset(manifest, 16000, crop_seconds=0.5, frame_rate=fbank.frame_rate)[2]["wav"]
+    with torch.no_grad():
+        live = fbank(wav[None])
+    assert int(live.lengths[0]) == frames
+    torch.testing.assert_close(live.hidden_states[0][:, :clip], tiled[:, :clip])
+
+
+def test_with_one_seed_cached_and_live_datasets_take_the_same_crops_of_the_same_utterances(clips, tmp_path):
+    fbank, cache, manifest = build_upstream("fbank"), FeatureCache(tmp_path / "fbank"), read_manifest(clips)
+    live = AudioDataset(manifest, 16000, crop_seconds=0.5, frame_rate=fbank.frame_rate)
+    cached = CachedFeatureDataset(manifest, cache, crop_seconds=0.5, crop_frames=48)
+    starts: dict[str, set[int]] = {"long": set(), "odd": set()}
+    for seed in range(6):
+        torch.manual_seed(seed)
+        wavs = [live[i]["wav"] for i in range(len(manifest))]
+        torch.manual_seed(seed)
+        hiddens = [cached[i]["hidden"] for i in range(len(manifest))]
+        for entry, wav, hidden in zip(manifest.entries, wavs, hiddens, strict=True):
+            assert wav.numel() == 8000 and hidden.shape == (1, 48, 80)
+            if entry["id"] == "short":
+                continue  # tiled: the test above
+            whole = cache.hidden(entry["id"])
+            start = next(k for k in range(whole.size(1) - 47) if torch.equal(whole[:, k : k + 48], hidden))
+            # The live crop starts on that frame, in samples, and its fbank is those cached frames.
+            assert torch.equal(wav, read_audio(entry["audio"], 16000)[start * 160 : start * 160 + 8000])
+            with torch.no_grad():
+                torch.testing.assert_close(fbank(wav[None]).hidden_states[0], hidden)
+            starts[entry["id"]].add(start)
+    assert all(len(found) > 2 for found in starts.values())  # the crops move with the seed
 
 
 def test_a_trainable_upstream_or_another_upstream_cannot_train_from_the_cache(mini_corpus, tmp_path, capsys):
