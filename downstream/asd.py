@@ -14,7 +14,6 @@ Embeddings may be numpy arrays or tensors; scores come back as float tensors on 
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -22,34 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from upstream.names import Registry
+
 from .pooling import build_pooling
 from .speaker import length_normalize
 
-SCORERS: dict[str, type[AnomalyScorer]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in SCORERS:
-            raise ValueError(f"anomaly scorer {name!r} is registered twice")
-        SCORERS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+SCORERS: Registry[AnomalyScorer] = Registry("anomaly scorer")
+register = SCORERS.register
 
 
 def build_scorer(name: str, **options) -> AnomalyScorer:
     """`options` are the scorer's constructor arguments, e.g. `build_scorer("knn", k=2)`."""
-    try:
-        cls = SCORERS[name]
-    except KeyError:
-        raise ValueError(f"unknown anomaly scorer {name!r}; choose from {sorted(SCORERS)}") from None
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for anomaly scorer {name!r}; valid options: {valid}")
-    return cls(**options)
+    return SCORERS.build(name, **options)
 
 
 def as_embeddings(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:

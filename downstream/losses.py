@@ -6,29 +6,20 @@ together: the additive-angular-margin loss needs cosine similarities, not the lo
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {}
+from upstream.names import Registry
+
+LOSSES: Registry[tuple[nn.Module, nn.Module]] = Registry("loss")
+register = LOSSES.register
 
 # Floor of 1 - cos^2 under the square root: sqrt has an infinite slope at 0, and torch.where back-propagates
 # 0 * inf = NaN through the branch it did not select. sqrt(1e-12) = 1e-6 changes a logit by < scale * 1e-6.
 _SIN_SQUARED_FLOOR = 1e-12
-
-
-def register(name: str):
-    def wrap(builder):
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is registered twice")
-        LOSSES[name] = builder
-        return builder
-
-    return wrap
 
 
 def build_loss(name: str, embedding_size: int, num_classes: int, **options) -> tuple[nn.Module, nn.Module]:
@@ -36,17 +27,10 @@ def build_loss(name: str, embedding_size: int, num_classes: int, **options) -> t
 
     `options` go to the loss, e.g. `margin` and `scale` for "aam".
     """
-    try:
-        builder = LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None
+    LOSSES[name]  # an unknown name first, as for every registry
     if embedding_size < 1 or num_classes < 1:
         raise ValueError(f"embedding_size and num_classes must be positive; got {embedding_size}, {num_classes}")
-    valid = [p for p in inspect.signature(builder).parameters if p not in ("embedding_size", "num_classes")]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for loss {name!r}; valid options: {valid or 'none'}")
-    return builder(embedding_size, num_classes, **options)
+    return LOSSES.build(name, embedding_size, num_classes, **options)
 
 
 class CosineClassifier(nn.Module):

@@ -6,34 +6,19 @@ any arithmetic, so they change neither the result nor the gradients.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from upstream.base import lengths_to_mask
+from upstream.names import Registry
 
-POOLINGS: dict[str, Callable[..., Pooling]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in POOLINGS:
-            raise ValueError(f"pooling {name!r} is registered twice")
-        POOLINGS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+POOLINGS: Registry[Pooling] = Registry("pooling")
+register = POOLINGS.register
 
 
 def build_pooling(name: str, input_size: int, **kw) -> Pooling:
     """`input_size` is the frame width D; options such as `attention_size` or `eps` go to the pooling."""
-    try:
-        cls = POOLINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown pooling {name!r}; choose from {sorted(POOLINGS)}") from None
-    return cls(input_size=input_size, **kw)
+    return POOLINGS.build(name, input_size, **kw)
 
 
 def valid_frames(features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,32 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upstream.names import Registry, check_options
+
 from .pooling import uniform_weights, valid_frames, weighted_mean_std
 
-EXTRACTORS: dict[str, type[SpeakerExtractor]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in EXTRACTORS:
-            raise ValueError(f"speaker extractor {name!r} is registered twice")
-        EXTRACTORS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+EXTRACTORS: Registry[SpeakerExtractor] = Registry("speaker extractor")
+register = EXTRACTORS.register
 
 
 def build_extractor(name: str, input_size: int, **options) -> SpeakerExtractor:
     """`input_size` is the frame width D; `options` are fields of the extractor's config (e.g. `channels=1024`)."""
-    try:
-        cls = EXTRACTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown speaker extractor {name!r}; choose from {sorted(EXTRACTORS)}") from None
-    valid = [field.name for field in dataclasses.fields(cls.config_class)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for speaker extractor {name!r}; valid options: {valid}")
+    cls = EXTRACTORS[name]
+    check_options(EXTRACTORS.kind, name, options, [field.name for field in dataclasses.fields(cls.config_class)])
     return cls(input_size, cls.config_class(**options))
 
 

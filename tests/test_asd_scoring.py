@@ -106,7 +106,7 @@ def test_registry_builds_scorers_and_names_the_choices():
     assert build_scorer("kmeans", num_centers=4).num_centers == 4
     with pytest.raises(ValueError, match=r"unknown anomaly scorer 'lof'; choose from \['kmeans', 'knn'\]"):
         build_scorer("lof")
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['num_centers'\] for anomaly scorer 'knn'"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_centers'\] for anomaly scorer 'knn'"):
         build_scorer("knn", num_centers=3)
 
 

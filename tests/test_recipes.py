@@ -12,7 +12,7 @@ import torch
 
 from recipes.cli import main
 from recipes.module import FROZEN_UPSTREAM_KEY, InterfaceConfig, SSLTaskModule, UpstreamConfig
-from recipes.tasks import EmotionTask, build_task
+from recipes.tasks import TASKS, EmotionTask, task_class
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "egs" / "mini" / "conf" / "emotion.yaml")
@@ -27,10 +27,14 @@ def fit_args(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_task_registry_builds_emotion_and_names_choices():
-    assert isinstance(build_task("emotion", classes=["a", "b"]), EmotionTask)
-    with pytest.raises(ValueError, match="choose from .*emotion"):
-        build_task("nope")
+def test_a_config_names_a_task_by_class_path_and_an_unknown_one_lists_them():
+    assert task_class("recipes.tasks.EmotionTask") is EmotionTask
+    assert task_class("recipes.tasks.classification.EmotionTask") is EmotionTask
+    with pytest.raises(ValueError, match=r"unknown task class 'recipes.tasks.Emotion'; choose from .*EmotionTask"):
+        task_class("recipes.tasks.Emotion")
+    with pytest.raises(ValueError, match="is not a recipes.tasks.Task"):
+        task_class("recipes.module.SSLTaskModule")
+    assert set(TASKS) == {"emotion", "speaker_id", "speaker_verification", "asr", "asd"}
 
 
 def test_optimizer_gives_a_trainable_upstream_its_own_learning_rate():

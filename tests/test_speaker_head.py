@@ -98,7 +98,7 @@ def test_default_configs_follow_the_papers():
 
 
 def test_build_extractor_rejects_an_unknown_option_listing_the_valid_ones():
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['chanels'\].*'ecapa'.*'channels'"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['chanels'\].*'ecapa'.*'channels'"):
         build_extractor("ecapa", 20, chanels=32)
     with pytest.raises(ValueError, match=r"choose from \['ecapa', 'xvector'\]"):
         build_extractor("resnet", 20)

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import lengths_to_mask
+from .names import Registry
 
-INTERFACES: dict[str, Callable[..., Interface]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in INTERFACES:
-            raise ValueError(f"interface {name!r} is registered twice")
-        INTERFACES[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+INTERFACES: Registry[Interface] = Registry("interface")
+register = INTERFACES.register
 
 
 def build_interface(name: str, num_layers: int, hidden_size: int, **kw) -> Interface:
     """`num_layers` is the number of hidden states (L+1); options such as `output_size`, `layer` or `normalize`
-    go to the interface."""
-    try:
-        cls = INTERFACES[name]
-    except KeyError:
-        raise ValueError(f"unknown interface {name!r}; choose from {sorted(INTERFACES)}") from None
-    return cls(num_layers=num_layers, hidden_size=hidden_size, **kw)
+    go to the interface (an unknown one is a `ValueError` naming the valid ones)."""
+    return INTERFACES.build(name, num_layers, hidden_size, **kw)
 
 
 class Interface(nn.Module):

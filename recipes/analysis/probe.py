@@ -16,14 +16,17 @@ Frame-level probing (phones, characters) reads an `alignment` field from each ma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PROBES: dict[str, Callable[..., nn.Module]] = {}
+from upstream.names import Registry
+
+PROBES: Registry[nn.Module] = Registry("probe")
+register = PROBES.register
 
 # A feature that is constant on the train set carries no information; dividing it by ~0 would turn float noise
 # in the test set into huge values, so it is centred and left unscaled.
@@ -32,23 +35,9 @@ _MIN_STD = 1e-6
 _OVERLAP_TOLERANCE_S = 1e-6
 
 
-def register(name: str):
-    def wrap(builder):
-        if name in PROBES:
-            raise ValueError(f"probe {name!r} is registered twice")
-        PROBES[name] = builder
-        return builder
-
-    return wrap
-
-
 def build_probe(name: str, input_size: int, num_classes: int) -> nn.Module:
     """-> an unstandardised classifier `[N, D]` -> logits `[N, C]`; `train_probe` adds the standardisation."""
-    try:
-        builder = PROBES[name]
-    except KeyError:
-        raise ValueError(f"unknown probe {name!r}; choose from {sorted(PROBES)}") from None
-    return builder(input_size, num_classes)
+    return PROBES.build(name, input_size, num_classes)
 
 
 @register("linear")
@@ -202,8 +191,7 @@ def probe_layers(
     """Train and score one probe per layer: `train[l] [N, D]`, `test[l] [M, D]` -> rows `{"layer", "accuracy",
     "UA"}` sorted by layer. `opts` (steps, lr, weight_decay, balanced) go to `train_probe`; every layer gets the
     same seed, so layers differ only in their features."""
-    if kind not in PROBES:
-        raise ValueError(f"unknown probe {kind!r}; choose from {sorted(PROBES)}")
+    PROBES[kind]  # an unknown name is an error before any training
     if set(train) != set(test):
         only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
         raise ValueError(

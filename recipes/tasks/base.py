@@ -13,28 +13,20 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from upstream.names import Registry
+
 from ..data import Manifest, ManifestError, read_manifest
 from ..trials import Trials
 
 # Sums a tensor over processes under distributed evaluation; the identity on one process.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
-TASKS: dict[str, type[Task]] = {}
+# Task names -> classes, for listings and errors; configs name a task by its class path (`task_class`).
+TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    TASKS[cls.name] = cls
-    return cls
-
-
-def build_task(name: str, **options: Any) -> Task:
-    try:
-        cls = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}") from None
-    return cls(**options)
+    return TASKS.register(cls.name)(cls)
 
 
 @dataclass
@@ -62,7 +54,8 @@ def task_class(class_path: str) -> type[Task]:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"unknown task class {class_path!r} (see recipes.tasks.TASKS)") from None
+        tasks = ", ".join(f"recipes.tasks.{TASKS[name].__name__}" for name in TASKS)
+        raise ValueError(f"unknown task class {class_path!r}; choose from {tasks}") from None
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise ValueError(f"{class_path!r} is not a recipes.tasks.Task")
     return cls
