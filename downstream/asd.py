@@ -23,6 +23,7 @@ from torch import nn
 
 from upstream.names import Registry
 
+from .clustering import spherical_kmeans
 from .pooling import build_pooling
 from .speaker import length_normalize
 
@@ -122,46 +123,6 @@ class KnnScorer(AnomalyScorer):
             for train in self.embeddings.values()
         ]
         return torch.stack(per_domain).amin(0)
-
-
-def spherical_kmeans(
-    x: torch.Tensor, num_centers: int, seed: int = 0, max_iterations: int = 100
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(centres [K, E], assignment [N])` of k-means on the unit sphere: cosine similarity assigns, each centre is
-    its members' normalised mean. k-means++ initialisation from a seeded generator, so one seed gives one result.
-
-    For unit vectors the squared Euclidean distance is 2 (1 - cos), so k-means++ samples each next centre with
-    probability proportional to its cosine distance to the nearest centre chosen so far. Iterates until the
-    assignment stops changing or `max_iterations`; an emptied cluster keeps its previous centre.
-    """
-    x = length_normalize(x)
-    n = x.size(0)
-    if num_centers < 1:
-        raise ValueError(f"num_centers must be positive; got {num_centers}")
-    if n < num_centers:
-        raise ValueError(f"{num_centers} k-means centres need at least {num_centers} embeddings; got {n}")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    nearest = (1 - x @ x[chosen[0]]).clamp(min=0)
-    for _ in range(1, num_centers):
-        weights = nearest.clone()
-        weights[chosen] = 0
-        if weights.sum() <= 0:  # fewer distinct points than centres: pick among the unchosen uniformly
-            weights = torch.ones(n, dtype=x.dtype)
-            weights[chosen] = 0
-        chosen.append(int(torch.multinomial(weights.double(), 1, generator=generator)))
-        nearest = torch.minimum(nearest, (1 - x @ x[chosen[-1]]).clamp(min=0))
-    centres = x[chosen].clone()
-    assignment = torch.full((n,), -1, dtype=torch.long)
-    for _ in range(max_iterations):
-        new = (x @ centres.T).argmax(1)
-        if torch.equal(new, assignment):
-            break
-        assignment = new
-        sums = torch.zeros_like(centres).index_add_(0, assignment, x)
-        filled = torch.bincount(assignment, minlength=num_centers) > 0
-        centres[filled] = length_normalize(sums[filled])
-    return centres, assignment
 
 
 @register("kmeans")

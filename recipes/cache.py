@@ -165,7 +165,8 @@ def _shard_key(shard: list[dict[str, Any]], settings: str) -> str:
     return hashlib.sha256((settings + "\n".join(e["id"] for e in shard)).encode()).hexdigest()[:16]
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """`--device`: `auto` is the GPU when there is one, else the CPU; any other name as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -197,7 +198,7 @@ def extract(
     entries = _utterances(parsed)
     if not entries:
         raise CacheError("the manifests have no utterances to extract")
-    target = _device(device)
+    target = resolve_device(device)
     upstream = build_upstream(upstream_name).to(target).eval()
     chosen = parse_layers(layers, upstream.num_layers)
     fingerprint = upstream_fingerprint(upstream)

@@ -222,6 +222,11 @@ class AudioDataset(Dataset):
         return item
 
 
+def run_seed(seed: int | None) -> int:
+    """The seed of a run's data order and draws: the one given, else the run's `seed_everything` seed, else 0."""
+    return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def utterance_seconds(entry: Mapping[str, Any]) -> float:
     """Seconds of audio a manifest entry stands for: its `start`-`end` segment, or its whole `duration`."""
     start, end = entry.get("start"), entry.get("end")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader
 from upstream import compat
 
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
-from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest
+from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest, run_seed
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
 
@@ -169,7 +168,7 @@ class ManifestDataModule(L.LightningDataModule):
                 f"{manifest.path} has no speaker labels to draw validation trials from: "
                 "add a `speaker` field or pass --data.valid_trials PATH"
             )
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = run_seed(self.seed)
         speakers = [entry["speaker"] for entry in manifest.entries]
         pairs = make_trials(manifest.ids, speakers, seed=seed, max_targets=MAX_VALID_TARGETS)
         index = {utterance: i for i, utterance in enumerate(manifest.ids)}
@@ -184,7 +183,7 @@ class ManifestDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = run_seed(self.seed)
         sampler = BucketBatchSampler(
             dataset.durations,
             self.max_batch_seconds,

@@ -64,6 +64,18 @@ class RunFolderCLI(LightningCLI):
             ]
         return super().instantiate_trainer(**kwargs)
 
+    def _resume_from(self, ckpt_path: str | None) -> str | None:
+        """A fit's `--ckpt_path`: `last` is this run's last checkpoint, or a fresh start when there is none yet
+        (so a recipe can always pass it and a killed run picks up where it stopped); any other path as given."""
+        if ckpt_path != "last":
+            return ckpt_path
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            print(f"no {last} yet: starting a new run")
+            return None
+        print(f"resuming from {last}")
+        return str(last)
+
     @rank_zero_only
     def _save_config(self, filename: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,14 +137,7 @@ class StrataCLI(RunFolderCLI):
         recipe can always pass it; evaluating without a checkpoint would score an untrained head, so it is an error."""
         checkpoints = self.run_dir / "checkpoints"
         if self.subcommand == "fit":
-            if ckpt_path == "last":
-                last = checkpoints / "last.ckpt"
-                if not last.is_file():
-                    print(f"no {last} yet: starting a new run")
-                    return None
-                print(f"resuming from {last}")
-                return str(last)
-            return ckpt_path
+            return self._resume_from(ckpt_path)
         ckpt_path = ckpt_path or "best"
         if ckpt_path in ("best", "last"):
             path = checkpoints / f"{ckpt_path}.ckpt"
@@ -199,10 +204,7 @@ class PretrainCLI(RunFolderCLI):
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = "exp/pretrain/hubert_" + str(config.model.size)
         self.run_dir = Path(config.trainer.default_root_dir)
-        if config.get("ckpt_path") == "last":
-            last = self.run_dir / "checkpoints" / "last.ckpt"
-            config.ckpt_path = str(last) if last.is_file() else None
-            print(f"resuming from {last}" if last.is_file() else f"no {last} yet: starting a new run")
+        config.ckpt_path = self._resume_from(config.get("ckpt_path"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         checkpoint = ModelCheckpoint(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from downstream.clustering import assign, minibatch_kmeans
 from recipes.analysis.cca import (
     canonical_correlations,
     choose_epsilon,
@@ -15,7 +16,7 @@ from recipes.analysis.cca import (
     log_mel,
     pwcca,
 )
-from recipes.analysis.mi import assign, cluster_mi, minibatch_kmeans, normalized_mutual_information
+from recipes.analysis.mi import cluster_mi, normalized_mutual_information
 
 
 def gaussian(seed: int, *shape: int) -> np.ndarray:
@@ -161,5 +162,5 @@ def test_minibatch_kmeans_recovers_three_separated_blobs_and_is_deterministic():
 def test_assign_in_chunks_matches_the_full_distance_matrix(monkeypatch):
     x, centres = gaussian(25, 1000, 6), gaussian(26, 7, 6)
     expected = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-    monkeypatch.setattr("recipes.analysis.mi.ASSIGN_CHUNK", 70)  # 10 frames a chunk
+    monkeypatch.setattr("downstream.clustering.ASSIGN_CHUNK", 70)  # 10 frames a chunk
     np.testing.assert_array_equal(assign(x, centres), expected)

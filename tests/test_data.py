@@ -231,3 +231,12 @@ def test_crops_have_the_crop_length_and_short_clips_are_repeated_not_zero_padded
     short = dataset[1]["wav"].numpy()
     assert short.size == 8000
     np.testing.assert_array_equal(short, np.concatenate([ramp[:4800], ramp[:3200]]))  # repeated, not zeros
+
+
+def test_run_seed_is_the_given_one_else_the_runs_seed_everything_else_zero(monkeypatch):
+    from recipes.data import run_seed
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert run_seed(None) == 0 and run_seed(7) == 7
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    assert run_seed(None) == 3 and run_seed(7) == 7

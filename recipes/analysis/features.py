@@ -9,17 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cache import FeatureCache
+from ..cache import FeatureCache, parse_layers
 from ..data import Manifest
 
 
 def cached_layers(cache: FeatureCache, layers: str | Sequence[int] = "all") -> list[int]:
     """The hidden-state indices to analyse: `all` the cache holds, or a subset of them (`0,4,8`)."""
     held = cache.index.layers
-    if isinstance(layers, str):
-        if layers.strip() == "all":
-            return list(held)
-        layers = [int(part) for part in layers.split(",") if part.strip()]
+    if isinstance(layers, str) and layers.strip() == "all":
+        return list(held)
+    layers = parse_layers(layers, cache.index.num_layers)  # the syntax and range `strata extract --layers` takes
     missing = sorted(set(layers) - set(held))
     if missing:
         raise ValueError(f"layers {missing} are not in {cache.folder} (it holds {held}); extract them first")

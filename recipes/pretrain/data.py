@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..audio import read_audio
-from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
+from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest, run_seed
 from .targets import Codebook, mfcc_frames
 
 
@@ -38,7 +37,8 @@ class PretrainDataModule(L.LightningDataModule):
     `hf:exp/pretrain/it1/upstream:3`) clusters that upstream's hidden layer. `num_clusters` centres are fitted on up
     to `sample_frames` frames of the training set and saved as `<run>/codebook.npz`; a resumed run reloads it, so
     the targets stay the same. Whole clips are batched by length (`max_batch_seconds` of padded audio); HuBERT's
-    random crop to 15.6 s is not done, so keep long recordings segmented.
+    random crop to 15.6 s is not done, so keep long recordings segmented. `seed` (the frames sampled, the k-means
+    initialisation, the batch order) defaults to the run's `seed_everything` seed.
     """
 
     def __init__(
@@ -50,7 +50,7 @@ class PretrainDataModule(L.LightningDataModule):
         sample_frames: int = 100000,
         max_batch_seconds: float = 60.0,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.train, self.valid, self.features = train, valid, features
@@ -94,8 +94,9 @@ class PretrainDataModule(L.LightningDataModule):
                 return codebook  # a resumed run: the same targets
         pooled = np.concatenate(frames)
         if len(pooled) > self.sample_frames:
-            pooled = pooled[np.random.default_rng(self.seed).choice(len(pooled), self.sample_frames, replace=False)]
-        codebook = Codebook.fit(pooled, self.num_clusters, self.features, seed=self.seed)
+            rng = np.random.default_rng(run_seed(self.seed))
+            pooled = pooled[rng.choice(len(pooled), self.sample_frames, replace=False)]
+        codebook = Codebook.fit(pooled, self.num_clusters, self.features, seed=run_seed(self.seed))
         if self.trainer.is_global_zero:
             codebook.save(path)
         return codebook
@@ -103,9 +104,9 @@ class PretrainDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         trainer = self.trainer
-        seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
-        sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle, seed=seed,
-                                     num_replicas=trainer.world_size, rank=trainer.global_rank)  # fmt: skip
+        sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle,
+                                     seed=run_seed(self.seed), num_replicas=trainer.world_size,
+                                     rank=trainer.global_rank)  # fmt: skip
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=TargetsCollate(), num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -16,6 +16,7 @@ from upstream import compat
 from upstream.base import lengths_to_mask, prepare_waveforms
 from upstream.hf import TINY_CONFIG
 
+from ..optim import with_linear_warmup
 from .masking import span_mask
 
 # Model sizes by name; `model` overrides any HubertConfig field on top.
@@ -104,9 +105,7 @@ class HubertPretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        warmup = max(self.warmup_steps, 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_linear_warmup(optimizer, self.warmup_steps)
 
     def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """The encoder as a transformers directory (weights, config, feature-extractor settings) that

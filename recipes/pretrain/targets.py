@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from ..analysis.mi import assign, minibatch_kmeans
+from downstream.clustering import assign, minibatch_kmeans
 
 
 def mfcc_frames(wav: torch.Tensor, sample_rate: int, num_frames: int) -> np.ndarray:
