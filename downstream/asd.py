@@ -1,5 +1,9 @@
-"""Anomaly scores of clip embeddings for anomalous sound detection (DCASE Task 2): `fit` on normal training
-embeddings, `score` test embeddings `[N, E]` -> `[N]`, higher = more anomalous. No training, no files.
+"""Anomalous sound detection (DCASE Task 2): the scorers of clip embeddings, and FeatEx's trained head.
+
+A scorer is `fit` on normal training embeddings and scores test embeddings `[N, E]` -> `[N]`, higher = more
+anomalous; scorers train nothing and read no files. The embeddings come from the pooled upstream features
+(`PooledEmbedding`), a trained embedding head, or FeatEx (`SpectrumEmbedding` + `FeatExHead`, feature exchange over
+an SSL branch and a spectrum branch).
 
 Both scorers keep the source and target domains apart, as first-shot DCASE 2023 needs: the target domain has only
 a handful of normal clips (10 per section), which a pooled model of the ~990 source clips would drown.

@@ -4,5 +4,6 @@ information. One module a question:
 - `cca`: projection-weighted CCA between each layer and log-mel features (or the first layer);
 - `mi`: k-means clusters of each layer's frames against labels (normalised mutual information);
 - `weights`: the learned weighted-sum layer weights of trained runs.
-`features` turns the cache into per-layer matrices; `report` writes the CSVs and the figures (PNG and PDF).
+`features` turns the cache into per-layer matrices; `commands` runs each question and writes its CSV, figure (PNG
+and PDF) and, for probes, results.json.
 """
