@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from egs_scripts import load_script
 
+from recipes.audio import read_audio
 from recipes.cli import main
 from recipes.data import write_jsonl
+from recipes.module import SSLTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "egs" / "mini" / "conf" / "asd.yaml")
@@ -55,7 +58,8 @@ def test_trained_embedding_writes_scores_decisions_and_roc_per_machine(machines,
     assert "classes:" in (run_dir / "config.yaml").read_text()
     assert main(["test", *common(run_dir), *train, "--data.test", str(machines / "test.jsonl")]) == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert 0.0 <= results["official_score"] <= 1.0
+    print("asd trained embedding, 2 epochs:", round(results["official_score"], 3))
+    assert results["official_score"] > 0.58  # 0.63 measured; chance is 0.5
     test_names = {Path(json.loads(line)["audio"]).name for line in open(machines / "test.jsonl")}
     for machine in ("fan", "pump", "gearbox"):
         scores = (run_dir / f"anomaly_score_{machine}_section_00_test.csv").read_text().splitlines()
@@ -112,6 +116,20 @@ def test_featex_training_runs_end_to_end_and_scores_with_both_branches(machines,
     assert "featex: true" in (run_dir / "config.yaml").read_text()
     assert main(["test", *common(run_dir), *train, "--data.test", str(machines / "test.jsonl")]) == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert 0.0 <= results["official_score"] <= 1.0
+    print("asd featex, 2 epochs:", round(results["official_score"], 3))
+    assert results["official_score"] > 0.55
     scores = (run_dir / "anomaly_score_pump_section_00_test.csv").read_text()
     assert scores.count("\n") == results["num_utterances"] // 3
+    # The embedding that is scored has both branches' halves, and each varies from clip to clip.
+    module = SSLTaskModule.from_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    head = module.head
+    entries = [json.loads(line) for line in open(machines / "test.jsonl")][:6]
+    wavs = [read_audio(machines / entry["audio"], module.upstream.sample_rate) for entry in entries]
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    with torch.no_grad():
+        embeddings = module.embed(batch, lengths)
+    feature_size = head.feature_branch.embedding_size
+    assert embeddings.shape == (6, feature_size + head.spectrum_branch.embedding_size)
+    for half in (embeddings[:, :feature_size], embeddings[:, feature_size:]):
+        assert half.std(0).max() > 1e-3

@@ -121,6 +121,9 @@ def test_speaker_embedding_head_returns_embeddings_and_logits():
     out = head(features, lengths)
     assert out.embeddings.shape == (3, 16) and out.logits.shape == (3, 7)
     assert torch.allclose(head.embed(features, lengths), out.embeddings)
+    assert torch.allclose(out.embeddings, extractor(features, lengths))  # the head adds nothing to the embedding
+    assert torch.allclose(out.logits, classifier(out.embeddings))  # logits are the classifier's cosines of it
+    assert (out.logits.abs() <= 1 + 1e-6).all()
     assert torch.isfinite(criterion(out.logits, torch.tensor([0, 3, 6])))
 
 
