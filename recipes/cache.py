@@ -71,18 +71,23 @@ def upstream_fingerprint(upstream: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
-    """`all` or `0,4,8` (or a list) -> sorted unique hidden-state indices, checked against `num_layers` (L+1)."""
+def layer_list(text: str | Sequence[int]) -> list[int]:
+    """`0,4,8` (or a list) -> sorted unique integers; anything else is an error saying the form."""
     if isinstance(text, str):
-        if text.strip() == "all":
-            return list(range(num_layers))
         try:
             text = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
             raise CacheError(f"--layers must be `all` or comma-separated integers like 0,4,8; got {text!r}") from None
-    layers = sorted(set(text))
+    return sorted(set(text))
+
+
+def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
+    """`all` or `0,4,8` (or a list) -> sorted unique hidden-state indices, checked against `num_layers` (L+1)."""
+    if isinstance(text, str) and text.strip() == "all":
+        return list(range(num_layers))
+    layers = layer_list(text)
     if not layers or layers[0] < 0 or layers[-1] >= num_layers:
-        raise CacheError(f"layers {list(text)} are not among the upstream's hidden states 0-{num_layers - 1}")
+        raise CacheError(f"layers {layers} are not among the upstream's hidden states 0-{num_layers - 1}")
     return layers
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cache import FeatureCache, parse_layers
+from ..cache import FeatureCache, layer_list
 from ..data import Manifest
 
 
@@ -18,11 +18,11 @@ def cached_layers(cache: FeatureCache, layers: str | Sequence[int] = "all") -> l
     held = cache.index.layers
     if isinstance(layers, str) and layers.strip() == "all":
         return list(held)
-    layers = parse_layers(layers, cache.index.num_layers)  # the syntax and range `strata extract --layers` takes
+    layers = layer_list(layers)  # the form `strata extract --layers` takes
     missing = sorted(set(layers) - set(held))
     if missing:
         raise ValueError(f"layers {missing} are not in {cache.folder} (it holds {held}); extract them first")
-    return sorted(set(layers))
+    return layers
 
 
 def pooled(cache: FeatureCache, manifest: Manifest, layers: Sequence[int]) -> dict[int, torch.Tensor]:
