@@ -184,3 +184,16 @@ def test_a_frozen_upstream_is_rebuilt_on_load_and_a_different_one_refused(mini_c
     torch.save(checkpoint, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="trained on the frozen upstream 'tiny_hubert' .* does not store"):
         SSLTaskModule.from_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_the_same_config_and_seed_give_the_same_results(mini_corpus, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "2")) == 0
+        test = ["test", "--config", CONFIG, "--trainer.default_root_dir", str(run_dir),
+                "--data.test", str(mini_corpus / "emotion" / "test.jsonl"),
+                "--trainer.enable_progress_bar", "false"]  # fmt: skip
+        assert main(test) == 0
+        results.append(json.loads((run_dir / "results.json").read_text()))
+    assert {"UA", "WA", "seed"} <= set(results[0]) and results[0] == results[1]
