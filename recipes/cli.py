@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .results import markdown_table  # also the benchmarks' table
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
 
 
@@ -16,14 +18,6 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
         return run
 
     return wrap
-
-
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 @command("env", "versions of the stack and accelerators; checks the native libraries load (for bug reports)")
@@ -81,33 +75,20 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", nargs="?", default="exp", help="folder searched for results.json files (default exp)")
 
 
-def _format_metric(name: str, value: object) -> str:
-    """Rates (accuracy, UA, EER, ...) as percentages; a detection cost stays a fraction, as it is published."""
-    if isinstance(value, float):
-        return f"{value:.4f}" if name.startswith("minDCF") or abs(value) > 1 else f"{100 * value:.2f}"
-    return str(value)
-
-
 @command("report", "a markdown table per task of every results.json below a folder", _report_arguments)
 def report(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
+    from .results import Results, find_results, format_metric, table_metrics
 
-    root = Path(args.root)
-    paths = sorted(root.rglob("results.json"))
-    if not paths:
-        raise FileNotFoundError(f"no results.json below {root}: run `strata test` first")
-    by_task: dict[str, list[tuple[Path, dict]]] = {}
-    for path in paths:
-        results = json.loads(path.read_text())
-        by_task.setdefault(results.get("task", "?"), []).append((path.parent, results))
-    described = {"task", "upstream", "interface", "trainable", "dataset", "seed", "num_utterances"}
+    by_task: dict[str, list[tuple[Path, Results]]] = {}
+    for path in find_results([args.root]):
+        results = Results.read(path)
+        by_task.setdefault(results.task, []).append((path.parent, results))
     for task, runs in sorted(by_task.items()):
-        metrics = [k for k in runs[0][1] if k not in described and isinstance(runs[0][1][k], int | float)]
+        metrics = table_metrics(results for _, results in runs)
         rows = [
-            [r.get("upstream", "?"), r.get("interface", "?"), r.get("trainable", "frozen")]
-            + [_format_metric(m, r.get(m, "")) for m in metrics]
-            + [r.get("num_utterances", ""), r.get("seed", ""), run_dir]
+            [r.upstream, r.interface, r.trainable]
+            + [format_metric(m, r.metrics.get(m)) for m in metrics]
+            + [format_metric("num_utterances", r.num_utterances), format_metric("seed", r.seed), run_dir]
             for run_dir, r in runs
         ]
         header = ["upstream", "interface", "trainable", *metrics, "utterances", "seed", "run"]
@@ -269,10 +250,11 @@ def embed(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from .cache import resolve_device
     from .data import AudioDataset, BucketBatchSampler, PadCollate, read_manifest
     from .module import SSLTaskModule
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     module = SSLTaskModule.from_checkpoint(args.ckpt).to(device)
     manifest = read_manifest(args.manifest)
     dataset = AudioDataset(

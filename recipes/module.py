@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from upstream import build_upstream
 from upstream.interfaces import build_interface
 
 from .cache import upstream_fingerprint
+from .optim import with_linear_warmup
+from .results import Results
 from .tasks import EmbeddingTable, Evaluator, Task, task_class
 
 # Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
@@ -259,22 +260,21 @@ class SSLTaskModule(L.LightningModule):
         run_dir = Path(self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         datamodule = getattr(self.trainer, "datamodule", None)
-        results = {
-            **metrics,
-            "task": self.task.name,
-            "upstream": self.upstream_config.name,
-            "interface": self.interface_config.name,
-            "trainable": self.upstream_config.trainable,
-            "dataset": str(getattr(datamodule, "test", "") or ""),
-            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
-            "num_utterances": self.evaluator.num_utterances,
-            **self.evaluator.details(),
-        }
-        path = run_dir / "results.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        results = Results(
+            task=self.task.name,
+            upstream=self.upstream_config.name,
+            interface=self.interface_config.name,
+            trainable=self.upstream_config.trainable,
+            metrics=metrics,
+            dataset=str(getattr(datamodule, "test", "") or ""),
+            seed=int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            num_utterances=self.evaluator.num_utterances,
+            details=self.evaluator.details(),
+        )
+        path = results.write(run_dir)
         written = self.evaluator.write(run_dir, title=f"{self.task.name}: {self.run_name}")
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"{self.task.name} test ({results['num_utterances']} utterances): {summary}")
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in results.metrics.items())
+        print(f"{self.task.name} test ({results.num_utterances} utterances): {summary}")
         print("wrote " + ", ".join(str(p) for p in [path, *written]))
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -283,7 +283,4 @@ class SSLTaskModule(L.LightningModule):
         groups = [{"params": rest, "lr": self.lr}]
         if upstream_params:
             groups.append({"params": upstream_params, "lr": self.upstream_lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        warmup = max(self.warmup_steps, 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_linear_warmup(torch.optim.AdamW(groups, weight_decay=self.weight_decay), self.warmup_steps)

@@ -8,6 +8,8 @@ import pytest
 
 from recipes.cache import extract
 from recipes.cli import main
+from recipes.data import read_manifest
+from recipes.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,11 @@ def test_probe_writes_one_row_per_layer_with_accuracy_and_ua(mini_corpus, cache,
     assert [int(r["layer"]) for r in table] == [0, 1, 2, 3, 4]
     assert all(0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["UA"]) <= 1 for r in table)
     figures_written(out, "probe")
+    results = Results.read(out)
+    best = max(table, key=lambda r: (float(r["accuracy"]), -int(r["layer"])))
+    assert results.details == {"best_layer": int(best["layer"])} and results.metrics["UA"] == float(best["UA"])
+    assert results.task == "probe_speaker_id" and results.seed == 0 and results.dataset == str(data / "test.jsonl")
+    assert results.num_utterances == len(read_manifest(data / "test.jsonl"))
 
 
 def test_cca_with_log_mel_and_mi_with_the_speaker(cache, tmp_path):

@@ -1,7 +1,6 @@
 """`strata compare` (one table and one bar chart per task, the best of each metric in bold) and egs/compare.sh,
 which runs a recipe for several upstreams and compares them: exercised on the mini corpus with two upstreams."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,13 +10,14 @@ import pytest
 
 from recipes.cli import main
 from recipes.compare import compare, lower_is_better
+from recipes.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_run(folder: Path, **results) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps(results))
+    """A run folder whose results.json holds `results`, flat, through the writer `strata test` uses."""
+    Results.from_dict(results).write(folder)
     return folder
 
 

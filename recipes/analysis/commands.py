@@ -4,7 +4,6 @@ layer, write `<name>.csv` and `<name>.png` / `.pdf` into the output folder. Retu
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..cache import FeatureCache
 from ..compare import unique_names
 from ..data import Manifest, read_manifest
 from ..plots import plot_layer_curves, plot_layer_weights
+from ..results import Results
 from ..tasks import asd_class
 from .cca import choose_epsilon, held_out_pwcca, log_mel
 from .features import Frames, cached_layers, pooled, sample_frames
@@ -109,7 +109,8 @@ def probe(
     rows = probe_layers(x_train, y_train, x_test, y_test, len(classes), kind=kind, seed=seed)
     chance = chance_level(y_train, y_test, len(classes))
     out = Path(out)
-    written = [write_csv(out / "probe.csv", rows), _best_layer(rows, out, f"probe_{what}", cache, kind)]
+    best = _best_layer(rows, f"probe_{what}", cache, kind, test_manifest, seed)
+    written = [write_csv(out / "probe.csv", rows), best.write(out)]
     metrics = [key for key in rows[0] if key != "layer"]
     series = {metric: [row[metric] for row in rows] for metric in metrics}
     title = f"{cache.index.upstream}: {kind} probe of {what} ({len(classes)} classes)"
@@ -117,15 +118,22 @@ def probe(
     return written
 
 
-def _best_layer(rows: list[dict[str, Any]], out: Path, task: str, cache: FeatureCache, kind: str) -> Path:
-    """`results.json` with the best layer's scores, so `strata report` and `strata compare` list probes beside runs."""
+def _best_layer(
+    rows: list[dict[str, Any]], task: str, cache: FeatureCache, kind: str, test: Manifest, seed: int
+) -> Results:
+    """The best layer's scores as results, so `strata report` and `strata compare` list probes beside runs."""
     best = max(rows, key=lambda row: (row["accuracy"], -row["layer"]))
-    results = {**{k: float(v) for k, v in best.items() if k != "layer"}, "best_layer": int(best["layer"]),
-               "task": task.replace(" ", "_"), "upstream": cache.index.upstream, "interface": f"{kind} probe",
-               "trainable": "frozen"}  # fmt: skip
-    path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    return path
+    return Results(
+        task=task.replace(" ", "_"),
+        upstream=cache.index.upstream,
+        interface=f"{kind} probe",
+        trainable="frozen",
+        metrics={k: float(v) for k, v in best.items() if k != "layer"},
+        dataset=str(test.path),
+        seed=seed,
+        num_utterances=len(test),
+        details={"best_layer": int(best["layer"])},
+    )
 
 
 def _split_utterances(count: int, fraction: float, seed: int) -> np.ndarray:

@@ -8,29 +8,41 @@ without results is an error naming it: a mean over fewer folds is not the protoc
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
+
+from recipes.results import Results
 
 FOLDS = (1, 2, 3, 4, 5)
 METRICS = ("UA", "WA")
 
 
-def mean_over_folds(run: Path) -> dict:
-    paths = [run / f"fold{k}" / "results.json" for k in FOLDS]
-    missing = [str(path) for path in paths if not path.is_file()]
+def mean_over_folds(run: Path) -> Results:
+    paths = {k: run / f"fold{k}" / "results.json" for k in FOLDS}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         raise SystemExit(f"no results for {len(missing)} fold(s): {', '.join(missing)} (run stages 1-2 first)")
-    folds = {k: json.loads((run / f"fold{k}" / "results.json").read_text()) for k in FOLDS}
-    first = folds[FOLDS[0]]
-    summary = {metric: statistics.mean(folds[k][metric] for k in FOLDS) for metric in METRICS}
+    folds = {k: Results.read(path) for k, path in paths.items()}
+    for k, results in folds.items():
+        absent = [metric for metric in METRICS if metric not in results.metrics]
+        if absent:
+            raise SystemExit(f"{paths[k]} has no {', '.join(absent)}: is it an emotion run?")
+    metrics = {metric: statistics.mean(folds[k].metrics[metric] for k in FOLDS) for metric in METRICS}
     for metric in METRICS:
-        summary.update({f"{metric}/fold{k}": folds[k][metric] for k in FOLDS})
-    described = ("task", "upstream", "interface", "trainable", "seed")
-    summary.update({key: first[key] for key in described if key in first})
-    summary.update({"dataset": "IEMOCAP, 5-fold leave-one-session-out", "folds": len(FOLDS),
-                    "num_utterances": sum(folds[k]["num_utterances"] for k in FOLDS)})  # fmt: skip
-    return summary
+        metrics.update({f"{metric}/fold{k}": folds[k].metrics[metric] for k in FOLDS})
+    counts = [folds[k].num_utterances for k in FOLDS]
+    first = folds[FOLDS[0]]
+    return Results(
+        task=first.task,
+        upstream=first.upstream,
+        interface=first.interface,
+        trainable=first.trainable,
+        metrics=metrics,
+        dataset="IEMOCAP, 5-fold leave-one-session-out",
+        seed=first.seed,
+        num_utterances=None if None in counts else sum(counts),
+        details={"folds": len(FOLDS)},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,12 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="the configuration's folder holding fold1/ ... fold5/")
     args = parser.parse_args(argv)
     summary = mean_over_folds(args.run)
-    (args.run / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    path = summary.write(args.run)
     print(f"| fold | {' | '.join(METRICS)} |\n|---|{'---|' * len(METRICS)}")
     for k in FOLDS:
-        print(f"| {k} | " + " | ".join(f"{100 * summary[f'{m}/fold{k}']:.2f}" for m in METRICS) + " |")
-    print("| mean | " + " | ".join(f"**{100 * summary[m]:.2f}**" for m in METRICS) + " |")
-    print(f"wrote {args.run / 'results.json'}")
+        print(f"| {k} | " + " | ".join(f"{100 * summary.metrics[f'{m}/fold{k}']:.2f}" for m in METRICS) + " |")
+    print("| mean | " + " | ".join(f"**{100 * summary.metrics[m]:.2f}**" for m in METRICS) + " |")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
