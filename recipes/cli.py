@@ -77,7 +77,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("report", "a markdown table per task of every results.json below a folder", _report_arguments)
 def report(args: argparse.Namespace) -> None:
-    from .results import Results, find_results, format_metric, table_metrics
+    from .results import Results, find_results, format_metric, table_details, table_metrics
 
     by_task: dict[str, list[tuple[Path, Results]]] = {}
     for path in find_results([args.root]):
@@ -85,13 +85,15 @@ def report(args: argparse.Namespace) -> None:
         by_task.setdefault(results.task, []).append((path.parent, results))
     for task, runs in sorted(by_task.items()):
         metrics = table_metrics(results for _, results in runs)
+        details = table_details(results for _, results in runs)
         rows = [
             [r.upstream, r.interface, r.trainable]
             + [format_metric(m, r.metrics.get(m)) for m in metrics]
+            + [format_metric(d, r.details.get(d)) for d in details]
             + [format_metric("num_utterances", r.num_utterances), format_metric("seed", r.seed), run_dir]
             for run_dir, r in runs
         ]
-        header = ["upstream", "interface", "trainable", *metrics, "utterances", "seed", "run"]
+        header = ["upstream", "interface", "trainable", *metrics, *details, "utterances", "seed", "run"]
         print(f"\n## {task}\n")
         print(markdown_table(header, rows))
 

@@ -140,6 +140,16 @@ def table_metrics(results: Iterable[Results]) -> list[str]:
     return list(names)
 
 
+# Details worth a column wherever a run has them: the layer a probe found best.
+TABLE_DETAILS = ("best_layer",)
+
+
+def table_details(results: Iterable[Results]) -> list[str]:
+    """The detail columns of a table of runs: those of `TABLE_DETAILS` that any run has."""
+    present = {name for result in results for name in result.details}
+    return [name for name in TABLE_DETAILS if name in present]
+
+
 def format_metric(name: str, value: Any) -> str:
     """Rates (accuracy, UA, EER, WER, ...) in %, as papers print them; a detection cost (minDCF) stays a fraction,
     as it is published, and so does any value beyond 1, which is no rate. Not a float: as it is; None: empty."""

@@ -169,3 +169,13 @@ def test_report_and_compare_show_the_same_numbers_for_the_same_runs(tmp_path, ca
     b = report["speaker_verification"]["b"]
     assert (b["EER"], b["minDCF@0.05"]) == ("4.00", "0.3500")  # EER in %, minDCF a fraction
     assert report["emotion"]["a"]["UA"] == "60.00" and report["emotion"]["a"]["utterances"] == "20"
+
+
+def test_report_shows_the_best_layer_of_probe_runs(tmp_path, capsys):
+    write_run(tmp_path / "probe", "probe_emotion", "tiny_hubert", {"accuracy": 0.61}, details={"best_layer": 1})
+    write_run(tmp_path / "other", "emotion", "fbank", {"UA": 0.6})
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 0
+    tables = table_cells(capsys.readouterr().out)
+    assert tables["probe_emotion"]["tiny_hubert"]["best_layer"] == "1"
+    assert "best_layer" not in tables["emotion"]["fbank"]
