@@ -306,33 +306,6 @@ class EcapaTdnn(SpeakerExtractor):
         return self.embedding_norm(self.embedding(self.pooling_norm(self.pooling(x, mask))))
 
 
-@dataclass
-class SpeakerOutput:
-    """`embeddings [B, E]` to score trials with, `logits [B, C]` (or cosines) for the training loss."""
-
-    embeddings: torch.Tensor
-    logits: torch.Tensor
-
-
-class SpeakerEmbeddingHead(nn.Module):
-    """An extractor and a speaker classifier (from `downstream.losses.build_loss`): the classifier serves training
-    only; verification scores the embeddings."""
-
-    def __init__(self, extractor: SpeakerExtractor, classifier: nn.Module) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.classifier = classifier
-        self.embedding_size = extractor.embedding_size
-
-    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """`features [B, T, D]`, `lengths [B]` -> `embeddings [B, E]`."""
-        return self.extractor(features, lengths)
-
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> SpeakerOutput:
-        embeddings = self.extractor(features, lengths)
-        return SpeakerOutput(embeddings=embeddings, logits=self.classifier(embeddings))
-
-
 def length_normalize(x: torch.Tensor) -> torch.Tensor:
     """Scale each row `[..., E]` to unit L2 norm (a zero row stays zero)."""
     return F.normalize(x, dim=-1)

@@ -17,9 +17,9 @@ from downstream.asd import (
     featex_targets,
     gamma_threshold,
 )
+from downstream.embedding import EmbeddingHead, EmbeddingOutput
 from downstream.losses import build_loss
 from downstream.metrics import dcase_scores
-from downstream.speaker import SpeakerEmbeddingHead, SpeakerOutput
 
 from ..data import Manifest, ManifestError, read_manifest
 from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, register_task
@@ -248,9 +248,9 @@ class AsdTask(Task):
             return FeatExHead(*branches, classifier, self.exchange_probability)
         extractor = PooledEmbedding(input_size, self.embedding_size, self.pooling)
         classifier, self._criterion = build_loss(self.loss_type, extractor.embedding_size, len(self.classes), **options)
-        return SpeakerEmbeddingHead(extractor, classifier)
+        return EmbeddingHead(extractor, classifier)
 
-    def loss(self, outputs: SpeakerOutput | FeatExOutput, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: EmbeddingOutput | FeatExOutput, targets: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, FeatExOutput):
             targets = featex_targets(targets, outputs.partners, len(self.classes))
         return self._criterion(outputs.logits, targets)
@@ -264,6 +264,6 @@ class AsdTask(Task):
 class AuxiliaryAccuracyEvaluator(AccuracyEvaluator):
     """Validation of the anomaly embedding: how well it tells machine, section and attributes apart."""
 
-    def update(self, outputs: SpeakerOutput | FeatExOutput, batch: dict[str, Any]) -> None:
+    def update(self, outputs: EmbeddingOutput | FeatExOutput, batch: dict[str, Any]) -> None:
         # FeatEx's logits also score exchanged pairs (the second half); a clip's own class is in the first.
         super().update(outputs.logits[:, : len(self.classes)], batch)

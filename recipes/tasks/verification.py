@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from downstream.embedding import EmbeddingHead, EmbeddingOutput
 from downstream.losses import build_loss
 from downstream.metrics import eer, min_dcf
-from downstream.speaker import SpeakerEmbeddingHead, SpeakerOutput, build_extractor, cosine_scores
+from downstream.speaker import build_extractor, cosine_scores
 
 from ..data import Manifest
 from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
@@ -32,7 +33,7 @@ class VerificationEvaluator(Evaluator):
         self.scores: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # subtracted from every embedding before scoring, when set
 
-    def update(self, outputs: SpeakerOutput, batch: dict[str, Any]) -> None:
+    def update(self, outputs: EmbeddingOutput, batch: dict[str, Any]) -> None:
         self.table.add(batch["indices"], outputs.embeddings)
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
@@ -148,9 +149,9 @@ class SpeakerVerificationTask(Task):
         classifier, self._criterion = build_loss(
             self.loss_type, extractor.embedding_size, len(self.speakers), **self.loss_options
         )
-        return SpeakerEmbeddingHead(extractor, classifier)
+        return EmbeddingHead(extractor, classifier)
 
-    def loss(self, outputs: SpeakerOutput, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: EmbeddingOutput, targets: torch.Tensor) -> torch.Tensor:
         return self._criterion(outputs.logits, targets)
 
     def evaluator(self, split: SplitData) -> Evaluator:
