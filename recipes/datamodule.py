@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from upstream import compat
 
-from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate, upstream_fingerprint
+from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest, run_seed
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
@@ -124,7 +124,7 @@ class ManifestDataModule(L.LightningDataModule):
         if getattr(module.head, "reads_audio", False):
             raise ValueError(f"--data.features {self.features}: the {module.task.name} head reads the audio too "
                              "(featex); train it from audio")  # fmt: skip
-        self.upstream_name, self.fingerprint = module.upstream_config.name, upstream_fingerprint(module.upstream)
+        self.upstream_name, self.fingerprint = module.upstream_config.name, module.upstream_fingerprint  # computed once
         return FeatureCache(self.features)
 
     def _crop_frames(self, crop_seconds: float) -> int:
