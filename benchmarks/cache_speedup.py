@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from recipes.cli import markdown_table  # noqa: E402
+from recipes.results import markdown_table  # noqa: E402
 
 BASE = "base_random"
 MINI = ROOT / "egs/mini/data/mini/emotion"

@@ -30,8 +30,8 @@ from transformers import AutoModel, HubertConfig, HubertModel  # noqa: E402
 
 from recipes.audio import read_audio  # noqa: E402
 from recipes.cache import FeatureCache, extract, plan_shards, upstream_fingerprint  # noqa: E402
-from recipes.cli import markdown_table  # noqa: E402
 from recipes.data import bucket_batches, read_manifest  # noqa: E402
+from recipes.results import markdown_table  # noqa: E402
 from upstream import build_upstream  # noqa: E402
 from upstream.base import lengths_to_mask  # noqa: E402
 from upstream.hf import expects_attention_mask  # noqa: E402

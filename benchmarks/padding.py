@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.cli import markdown_table  # noqa: E402
 from recipes.data import bucket_batches, fixed_size_batches, padding_fraction, read_manifest  # noqa: E402
+from recipes.results import markdown_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
