@@ -14,6 +14,7 @@ from upstream import compat
 
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest, run_seed
+from .spec import InputSpec
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
 
@@ -25,9 +26,9 @@ MAX_VALID_TARGETS = 10000
 class ManifestDataModule(L.LightningDataModule):
     """Loaders for JSONL manifests, batched by `max_batch_seconds` of padded audio.
 
-    The task (labels, target collation), the sample rate and the shortest usable clip come from the model the
-    trainer runs (`bind` sets them by hand outside a Trainer). Shuffling is seeded by `seed`, or the run's
-    `seed_everything` seed when unset.
+    The task (labels, target collation), the sample rate and the shortest usable clip come from `spec`, the model's
+    `InputSpec` (`strata fit` links it from the model; elsewhere pass `spec=module.input_spec()`). Shuffling is
+    seeded by `seed`, or the run's `seed_everything` seed when unset.
 
     Verification scores pairs of test utterances from `trials` (`<1|0> <enroll id> <test id>` a line); its
     validation scores `valid_trials`, or balanced trials drawn from the valid manifest's speakers when unset.
@@ -47,6 +48,7 @@ class ManifestDataModule(L.LightningDataModule):
         num_workers: int = 2,
         seed: int | None = None,
         features: str | None = None,
+        spec: InputSpec | None = None,
     ) -> None:
         super().__init__()
         self.features = features
@@ -57,15 +59,22 @@ class ManifestDataModule(L.LightningDataModule):
         self.max_batch_seconds = max_batch_seconds
         self.num_workers = num_workers
         self.seed = seed
-        self.task: Task | None = None
-        self.sample_rate = 16000
-        self.min_samples = 0
-        self.frame_rate = 100.0
+        self.spec = spec
         self.datasets: dict[str, AudioDataset | CachedFeatureDataset] = {}
 
-    def bind(self, task: Task, sample_rate: int, min_samples: int = 0, frame_rate: float = 100.0) -> ManifestDataModule:
-        self.task, self.sample_rate, self.min_samples, self.frame_rate = task, sample_rate, min_samples, frame_rate
+    def bind(self, spec: InputSpec) -> ManifestDataModule:
+        """Take the model's `InputSpec` (what `spec=` gives at construction), before `setup`."""
+        self.spec = spec
         return self
+
+    @property
+    def task(self) -> Task:
+        if self.spec is None:
+            raise ValueError(
+                "ManifestDataModule has no InputSpec: `strata fit` links it from the model; in a Trainer of your "
+                "own pass ManifestDataModule(..., spec=module.input_spec())"
+            )
+        return self.spec.task
 
     def _needed(self, stage: str) -> list[str]:
         splits = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}[stage]
@@ -74,68 +83,63 @@ class ManifestDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         stage = str(getattr(stage, "value", stage))  # Lightning passes a str-valued enum
+        task, spec = self.task, self.spec
         trainer = self.trainer
-        if trainer is not None:
-            module = trainer.lightning_module
-            upstream = module.upstream
-            self.bind(module.task, upstream.sample_rate, getattr(upstream, "min_samples", 0), upstream.frame_rate)
-            if self.features is not None and self.cache is None:
-                self.cache = self._open_cache(module)
-            if trainer.world_size > 1 and compat.trainer_uses_distributed_sampler(trainer):
-                raise ValueError(
-                    "strata's bucketed batches shard themselves across processes; "
-                    "set Trainer(use_distributed_sampler=False) (`strata fit` does)"
-                )
-        if self.task is None:
-            raise ValueError("ManifestDataModule has no task: run it in a Trainer with SSLTaskModule, or call bind()")
+        if trainer is not None and trainer.world_size > 1 and compat.trainer_uses_distributed_sampler(trainer):
+            raise ValueError(
+                "strata's bucketed batches shard themselves across processes; "
+                "set Trainer(use_distributed_sampler=False) (`strata fit` does)"
+            )
+        if self.features is not None and self.cache is None:
+            self.cache = self._open_cache()
         for split in self._needed(stage):
             path = getattr(self, split)
             if path is None:
                 raise ValueError(f"`strata {stage}` needs a {split} manifest: pass --data.{split} PATH")
             if split in self.datasets and str(self.datasets[split].manifest.path) == str(path):
                 continue
-            manifest = self._usable(read_manifest(path, fields=self.task.fields_for(split)), split)
-            targets = self.task.targets(manifest, split)
-            crop_seconds = self.task.train_crop_seconds if split == "train" else None
+            manifest = self._usable(read_manifest(path, fields=task.fields_for(split)), split)
+            targets = task.targets(manifest, split)
+            crop_seconds = task.train_crop_seconds if split == "train" else None
             if self.cache is not None:
-                self.cache.check(self.upstream_name, self.fingerprint, manifest)
+                self.cache.check(spec.upstream, spec.fingerprint(), manifest)
                 crop_frames = None if crop_seconds is None else self._crop_frames(crop_seconds)
                 self.datasets[split] = CachedFeatureDataset(manifest, self.cache, targets, crop_seconds, crop_frames)
             else:
                 self.datasets[split] = AudioDataset(
                     manifest,
-                    self.sample_rate,
+                    spec.sample_rate,
                     targets,
-                    min_samples=self.min_samples,
+                    min_samples=spec.min_samples,
                     crop_seconds=crop_seconds,
-                    frame_rate=self.frame_rate,
+                    frame_rate=spec.frame_rate,
                 )
-            if self.task.uses_trials and split != "train":
+            if task.uses_trials and split != "train":
                 self.split_trials[split] = self._read_trials(split, manifest)
 
-    def _open_cache(self, module: L.LightningModule) -> FeatureCache:
+    def _open_cache(self) -> FeatureCache:
         """The feature cache, after refusing what it cannot serve: a trainable upstream (its features change as it
         trains) or a head that reads the audio itself (FeatEx's spectrum branch)."""
-        if module.upstream.trainable != "frozen":
+        spec = self.spec
+        if spec.trainable != "frozen":
             raise ValueError(
                 f"--data.features {self.features}: cached features stand in for a frozen upstream only; this run "
-                f"trains it (trainable {module.upstream.trainable!r}). Drop --data.features or freeze the upstream"
+                f"trains it (trainable {spec.trainable!r}). Drop --data.features or freeze the upstream"
             )
-        if getattr(module.head, "reads_audio", False):
-            raise ValueError(f"--data.features {self.features}: the {module.task.name} head reads the audio too "
+        if spec.reads_audio:
+            raise ValueError(f"--data.features {self.features}: the {spec.task.name} head reads the audio too "
                              "(featex); train it from audio")  # fmt: skip
-        self.upstream_name, self.fingerprint = module.upstream_config.name, module.upstream_fingerprint  # computed once
         return FeatureCache(self.features)
 
     def _crop_frames(self, crop_seconds: float) -> int:
         """The upstream's frames of a `crop_seconds` crop of audio: the length of a cached crop."""
-        samples = torch.tensor([crop_samples(crop_seconds, self.sample_rate)])
-        return int(self.trainer.lightning_module.upstream.frame_lengths(samples)[0])
+        samples = torch.tensor([crop_samples(crop_seconds, self.spec.sample_rate)])
+        return int(self.spec.frame_lengths(samples)[0])
 
     def _usable(self, manifest: Manifest, split: str) -> Manifest:
         """`manifest` without the utterances the task drops; the dropped ones are counted once, by reason, and
         listed in `<run dir>/dropped_<split>.txt` (`id<TAB>reason` a line)."""
-        dropped = self.task.drop(manifest, split, self.frame_rate)
+        dropped = self.task.drop(manifest, split, self.spec.frame_rate)
         if not dropped:
             return manifest
         reasons = Counter(dropped.values())
@@ -176,7 +180,7 @@ class ManifestDataModule(L.LightningDataModule):
         return Trials(manifest.path, torch.tensor(labels), torch.tensor(enroll), torch.tensor(test))
 
     def split_data(self, split: str) -> SplitData:
-        """What the task's evaluator needs about a split: its manifest and trials."""
+        """What the task's evaluator needs about a split: its manifest and trials (read by `SplitEvaluation`)."""
         return SplitData(split, self.datasets[split].manifest, self.split_trials.get(split))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -96,6 +96,10 @@ class StrataCLI(RunFolderCLI):
             args=args,
         )
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # The data module learns the task and the upstream's input contract from the built model, once.
+        parser.link_arguments("model", "data.spec", compute_fn=SSLTaskModule.input_spec, apply_on="instantiate")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         task = task_class(config.model.task.class_path)
@@ -198,6 +202,11 @@ class PretrainCLI(RunFolderCLI):
             parser_kwargs={"prog": "strata pretrain"},
             args=["fit", *args],
         )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # One number of clusters for the codebook and the prediction layer; targets as long as the model's frames.
+        parser.link_arguments("model.num_clusters", "data.num_clusters")
+        parser.link_arguments("model.frame_lengths", "data.frame_lengths", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config["fit"]

@@ -9,17 +9,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
-from tqdm import tqdm
 
 from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
 from .cache import upstream_fingerprint
+from .evaluation import SplitEvaluation
 from .optim import with_linear_warmup
 from .results import Results
-from .tasks import EmbeddingTable, Evaluator, Task, task_class
+from .spec import InputSpec
+from .tasks import Evaluator, SplitData, Task, task_class
 
 # Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
 FROZEN_UPSTREAM_KEY = "strata_frozen_upstream"
@@ -86,6 +86,7 @@ class SSLTaskModule(L.LightningModule):
         self.feature_norm = FeatureNorm(self.interface.output_size) if feature_norm else None
         self.head = task.build_head(self.interface.output_size)
         self.evaluator: Evaluator | None = None
+        self.evaluation_split: SplitData | None = None
         self._upstream_fingerprint: str | None = None
 
     @property
@@ -124,6 +125,21 @@ class SSLTaskModule(L.LightningModule):
         if self._upstream_fingerprint is None or not self.upstream_frozen:
             self._upstream_fingerprint = upstream_fingerprint(self.upstream)
         return self._upstream_fingerprint
+
+    def input_spec(self) -> InputSpec:
+        """What the data module needs to know of this model (see recipes.spec); `strata fit` links it."""
+        upstream = self.upstream
+        return InputSpec(
+            task=self.task,
+            upstream=self.upstream_config.name,
+            sample_rate=upstream.sample_rate,
+            frame_rate=upstream.frame_rate,
+            frame_lengths=upstream.frame_lengths,
+            fingerprint=lambda: self.upstream_fingerprint,
+            min_samples=getattr(upstream, "min_samples", 0),
+            trainable=upstream.trainable,
+            reads_audio=getattr(self.head, "reads_audio", False),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A frozen upstream is rebuilt from its source on load: the checkpoint keeps its name and fingerprint, not
@@ -199,25 +215,26 @@ class SSLTaskModule(L.LightningModule):
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.evaluator.update(outputs, batch)
 
-    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over processes under distributed evaluation; itself on one process."""
         if self.trainer.world_size == 1:
             return tensor
         return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").cpu()
 
     def _finish_evaluation(self, stage: str) -> dict[str, float]:
-        metrics = self.evaluator.compute(self._reduce)
+        metrics = self.evaluator.compute(self.reduce)
         # Already summed over processes by the evaluator, so no further sync.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=True)
         return metrics
 
-    def _start_evaluation(self, split: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if not hasattr(datamodule, "split_data"):
-            raise ValueError("SSLTaskModule evaluates through recipes.datamodule.ManifestDataModule")
-        self.evaluator = self.task.evaluator(datamodule.split_data(split))
+    def configure_callbacks(self) -> list[L.Callback]:
+        """`SplitEvaluation` gives each evaluation the data of its split (and the test its reference embeddings)."""
+        return [SplitEvaluation()]
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_evaluation("valid")
+    def begin_evaluation(self, split: SplitData) -> None:
+        """A fresh evaluator of the task for `split` (its manifest and trials), before its first batch."""
+        self.evaluation_split = split
+        self.evaluator = self.task.evaluator(split)
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "valid")
@@ -228,28 +245,6 @@ class SSLTaskModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._finish_evaluation("valid")
 
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation("test")
-        reference = self.task.test_reference_split
-        if reference is not None:
-            manifest = self.trainer.datamodule.datasets[reference].manifest
-            self.evaluator.set_reference(self._embed_split(reference), manifest)
-
-    def _embed_split(self, split: str) -> torch.Tensor:
-        """`[N, E]` embeddings of every utterance of a split (row = manifest index), over every process: what a
-        test scores against (verification's training-set mean, anomaly detection's normal training clips)."""
-        loader = self.trainer.datamodule.reference_dataloader(split)
-        table = EmbeddingTable(len(loader.dataset))
-        progress = tqdm(loader, desc=f"embedding {split}", unit="batch", disable=not self.trainer.is_global_zero)
-        with torch.no_grad():
-            for batch in progress:
-                inputs = self.batch_inputs(move_data_to_device(batch, self.device))
-                table.add(batch["indices"], self.head.embed(*inputs))
-        table.gather(self._reduce, f"{split} utterances")
-        if table.num_filled < table.size:
-            raise ValueError(f"not every {split} utterance was embedded")
-        return table.vectors
-
     def test_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._evaluate_step(batch, "test")
 
@@ -259,14 +254,13 @@ class SSLTaskModule(L.LightningModule):
             return
         run_dir = Path(self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        datamodule = getattr(self.trainer, "datamodule", None)
         results = Results(
             task=self.task.name,
             upstream=self.upstream_config.name,
             interface=self.interface_config.name,
             trainable=self.upstream_config.trainable,
             metrics=metrics,
-            dataset=str(getattr(datamodule, "test", "") or ""),
+            dataset=str(self.evaluation_split.manifest.path),
             seed=int(os.environ.get("PL_GLOBAL_SEED", -1)),
             num_utterances=self.evaluator.num_utterances,
             details=self.evaluator.details(),

@@ -127,7 +127,8 @@ def first_step_loss(corpus: Path, features: str | None, task: Task | None = None
     task = task or EmotionTask()
     module = SSLTaskModule(task, upstream=UpstreamConfig(name="fbank"))
     splits = {split: str(corpus / task.name / f"{split}.jsonl") for split in ("train", "valid")}
-    data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features)
+    data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features,
+                              spec=module.input_spec())  # fmt: skip
     callback = FirstLoss()
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, accelerator="cpu",
                         callbacks=[callback], enable_progress_bar=False, use_distributed_sampler=False,

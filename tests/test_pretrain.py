@@ -78,10 +78,11 @@ def test_strata_pretrain_writes_an_upstream_that_hf_loads_with_the_same_outputs(
     run = tmp_path / "pretrain"
     assert main(["pretrain", "--config", str(ROOT / "recipes" / "configs" / "pretrain_tiny.yaml"),
                  "--data.train", str(mini_corpus / "emotion" / "valid.jsonl"), "--trainer.max_epochs", "2",
-                 "--model.num_clusters", "20", "--data.num_clusters", "20",
+                 "--model.num_clusters", "20",
                  "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false"]) == 0  # fmt: skip
     record = json.loads((run / "upstream" / "pretrain.json").read_text())
     assert record["targets"]["features"] == "mfcc" and record["global_step"] > 0
+    assert record["targets"]["num_clusters"] == 20  # the model's, linked to the data module
     upstream = build_upstream(f"hf:{run / 'upstream'}")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     module = HubertPretrainModule(size="tiny", num_clusters=20, final_dim=64)

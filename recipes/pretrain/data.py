@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class PretrainDataModule(L.LightningDataModule):
     to `sample_frames` frames of the training set and saved as `<run>/codebook.npz`; a resumed run reloads it, so
     the targets stay the same. Whole clips are batched by length (`max_batch_seconds` of padded audio); HuBERT's
     random crop to 15.6 s is not done, so keep long recordings segmented. `seed` (the frames sampled, the k-means
-    initialisation, the batch order) defaults to the run's `seed_everything` seed.
+    initialisation, the batch order) defaults to the run's `seed_everything` seed. `num_clusters` and
+    `frame_lengths` (the model's frames per clip, one target each) come from the model: `strata pretrain` links
+    them.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class PretrainDataModule(L.LightningDataModule):
         max_batch_seconds: float = 60.0,
         num_workers: int = 0,
         seed: int | None = None,
+        frame_lengths: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        self.frame_lengths = frame_lengths
         self.train, self.valid, self.features = train, valid, features
         self.num_clusters, self.sample_frames = num_clusters, sample_frames
         self.max_batch_seconds = max_batch_seconds
@@ -66,24 +71,26 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train is None:
             raise ValueError("`strata pretrain` needs unlabelled audio: pass --data.train MANIFEST")
-        module = self.trainer.lightning_module
-        if module.num_clusters != self.num_clusters:
-            raise ValueError(f"--model.num_clusters {module.num_clusters} != --data.num_clusters {self.num_clusters}")
+        if self.frame_lengths is None:
+            raise ValueError(
+                "PretrainDataModule needs the model's frame_lengths (`strata pretrain` links it): "
+                "PretrainDataModule(..., frame_lengths=module.frame_lengths)"
+            )
         splits = {"train": self.train, **({"valid": self.valid} if self.valid else {})}
         manifests = {split: read_manifest(path) for split, path in splits.items()}
-        frames = {split: self._frame_features(m, module) for split, m in manifests.items()}
+        frames = {split: self._frame_features(m) for split, m in manifests.items()}
         self.codebook = self._codebook(frames["train"], Path(self.trainer.default_root_dir) / "codebook.npz")
         for split, manifest in manifests.items():
             targets = [torch.from_numpy(self.codebook.assign(x)).long() for x in frames[split]]
             self.datasets[split] = AudioDataset(manifest, 16000, targets)
 
-    def _frame_features(self, manifest: Manifest, module: L.LightningModule) -> list[np.ndarray]:
+    def _frame_features(self, manifest: Manifest) -> list[np.ndarray]:
         """Each utterance's frame features, as many frames as the model makes of it."""
         extractor = _layer_extractor(self.features) if self.features != "mfcc" else None
         features = []
         for entry in tqdm(manifest.entries, desc=f"{self.features} features of {manifest.path.name}", unit="utt"):
             wav = read_audio(entry["audio"], 16000, entry.get("start"), entry.get("end"))
-            frames = int(module.frame_lengths(torch.tensor([wav.numel()]))[0])
+            frames = int(self.frame_lengths(torch.tensor([wav.numel()]))[0])
             features.append(mfcc_frames(wav, 16000, frames) if extractor is None else extractor(wav, frames))
         return features
 

@@ -120,9 +120,17 @@ class HubertPretrainModule(L.LightningModule):
         (folder / "pretrain.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         return folder
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            datamodule = getattr(self.trainer, "datamodule", None)
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SaveUpstream()]
+
+
+class SaveUpstream(L.Callback):
+    """At the end of `fit`, the encoder into `<run>/upstream/` with the data module's description of its targets
+    (`describe()`) in `pretrain.json`: the one place that joins the module and the data module."""
+
+    def on_fit_end(self, trainer: L.Trainer, module: HubertPretrainModule) -> None:
+        if trainer.is_global_zero:
+            datamodule = getattr(trainer, "datamodule", None)
             extra = {"targets": getattr(datamodule, "describe", lambda: {})()}
-            folder = self.save_upstream(Path(self.trainer.default_root_dir) / "upstream", extra)
+            folder = module.save_upstream(Path(trainer.default_root_dir) / "upstream", extra)
             print(f"wrote the pre-trained upstream to {folder}: use it as --upstream hf:{folder}")
