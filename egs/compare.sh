@@ -4,8 +4,9 @@
 #   bash egs/compare.sh egs/mini --upstreams fbank,tiny_hubert --interfaces weighted_sum,hconv --stage 1 --stop_stage 1
 # Every option other than --upstreams, --interfaces and --out goes to the recipe's run.sh, as do strata overrides
 # after `--`. A configuration whose results already exist is skipped by run.sh, so an interrupted comparison picks
-# up where it stopped. Writes <exp_dir>/compare/compare.md (best of each metric in bold) and compare.png (grouped
-# bars), or into --out.
+# up where it stopped. The runs compared are the ones run.sh made or found done in this call, by their folders as
+# `strata run-dir` names them (never older runs whose names merely start alike). Writes <exp_dir>/compare/compare.md
+# (best of each metric in bold) and compare.png (grouped bars), or into --out.
 set -euo pipefail
 
 usage="usage: bash egs/compare.sh <egs dir> --upstreams a,b[,c] [--interfaces weighted_sum[,hconv]] [--out DIR]
@@ -34,15 +35,22 @@ done
 [ -z "${out}" ] || out=$(realpath -m "${out}")  # given from here, used from the recipe's folder
 cd "${recipe}"  # run.sh resolves its relative paths (data, exp) in its own folder: so does this script
 log() { echo "$(date '+%F %T') (compare.sh) $*"; }
-runs=()
+# run.sh lists each run it trains, tests or finds done in this file (egs/utils/recipe.sh fit_and_test).
+export STRATA_RUN_LIST
+STRATA_RUN_LIST=$(mktemp)
+trap 'rm -f "${STRATA_RUN_LIST}"' EXIT
 for up in ${upstreams//,/ }; do
     for interface in ${interfaces//,/ }; do
         log "${recipe}: ${up} with ${interface}"
         bash run.sh --upstream "${up}" --interface "${interface}" ${passed[@]+"${passed[@]}"}
-        # Run folders are <exp_dir>/<task>/<upstream>_<interface>[_...]: every recipe names them so.
-        while IFS= read -r folder; do runs+=("${folder}"); done < <(
-            find "${exp_dir}" -mindepth 2 -maxdepth 2 -type d -name "${up//[:\/]/_}_${interface}*" | sort)
     done
 done
+# A configuration's folder is <exp_dir>/<task>/<run name>: the runs it lists may be folds or sets below it, and
+# the folder stands for them (its mean results.json, when the recipe writes one, or each run's).
+runs=()
+while IFS= read -r folder; do runs+=("${folder}"); done < <(
+    while IFS= read -r run; do
+        echo "${exp_dir}/$(realpath -m --relative-to="${exp_dir}" "${run}" | cut -d/ -f1-2)"
+    done < "${STRATA_RUN_LIST}" | sort -u)
 [ ${#runs[@]} -gt 0 ] || { echo "$0: no run folders under ${recipe}/${exp_dir} to compare" >&2; exit 1; }
 strata compare "${runs[@]}" --out "${out:-${exp_dir}/compare}"

@@ -199,6 +199,22 @@ def plot_weights(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, written)))
 
 
+def _run_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="the task's name, e.g. emotion (the folder below --exp_dir)")
+    parser.add_argument("--upstream", required=True, help="preset or source, as given to --model.upstream.name")
+    parser.add_argument("--interface", required=True, help="as given to --model.interface.name")
+    parser.add_argument("--trainable", default="frozen", help="frozen (default), all or top:K")
+    parser.add_argument("--tag", default="", help="appended to the name: a variant of the same configuration")
+    parser.add_argument("--exp-dir", "--exp_dir", default="exp", help="folder holding every task's runs (default exp)")
+
+
+@command("run-dir", "print a configuration's run folder, as `strata fit` names it (for recipes)", _run_dir_arguments)
+def print_run_dir(args: argparse.Namespace) -> None:
+    from .runs import run_dir
+
+    print(run_dir(args.task, args.upstream, args.interface, args.trainable, args.tag, args.exp_dir))
+
+
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders (with results.json) or folders searched for them")
     parser.add_argument("--out", required=True, help="folder for compare.md and compare.png")
@@ -374,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[name][2](args)
 
     user_errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
-    if name != "env":  # `strata env` must answer when torch or torchaudio cannot be imported
+    # `strata env` must answer when torch or torchaudio cannot be imported; `strata run-dir`, asked by the recipes
+    # once a run, needs neither and should not wait for them.
+    if name not in ("env", "run-dir"):
         from upstream import UpstreamLoadError
 
         user_errors += (UpstreamLoadError,)

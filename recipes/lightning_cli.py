@@ -1,6 +1,6 @@
 """`strata fit / validate / test`: LightningCLI over SSLTaskModule and ManifestDataModule.
 
-On top of LightningCLI: a default run directory `exp/<task>/<upstream>_<interface>`, best and last
+On top of LightningCLI: a default run directory `exp/<task>/<run name>` (`recipes.runs.run_dir`), best and last
 checkpoints under `<run>/checkpoints/`, CSV and TensorBoard logs, the resolved config in the run directory,
 and `--ckpt_path best|last` meaning that run's checkpoints.
 """
@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
+from .runs import run_dir as default_run_dir
 from .tasks import task_class
 
 # Lightning's notices that do not apply here: a frozen upstream is in eval mode on purpose, and the
@@ -36,16 +37,6 @@ warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
-
-
-def run_name(upstream: str, interface: str) -> str:
-    """`hf:/models/my-hubert` -> `my-hubert`: a folder name for the upstream, then the interface."""
-    base = Path(upstream.split(":", 1)[-1].rstrip("/")).name or upstream
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", base) + "_" + interface
-
-
-def default_run_dir(task_name: str, upstream: str, interface: str) -> Path:
-    return Path("exp") / task_name / run_name(upstream, interface)
 
 
 class RunFolderCLI(LightningCLI):
@@ -104,8 +95,9 @@ class StrataCLI(RunFolderCLI):
         config = self.config[self.subcommand]
         task = task_class(config.model.task.class_path)
         if config.trainer.default_root_dir is None:
+            upstream = config.model.upstream
             config.trainer.default_root_dir = str(
-                default_run_dir(task.name, config.model.upstream.name, config.model.interface.name)
+                default_run_dir(task.name, upstream.name, config.model.interface.name, upstream.trainable)
             )
         self.run_dir = Path(config.trainer.default_root_dir)
         self.monitor = (f"valid/{task.monitor}", task.monitor_mode)

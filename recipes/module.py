@@ -14,6 +14,7 @@ from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
 
+from . import runs
 from .cache import upstream_fingerprint
 from .evaluation import SplitEvaluation
 from .optim import with_linear_warmup
@@ -91,7 +92,7 @@ class SSLTaskModule(L.LightningModule):
 
     @property
     def run_name(self) -> str:
-        return f"{self.upstream_config.name}_{self.interface_config.name}"
+        return runs.run_name(self.upstream_config.name, self.interface_config.name, self.upstream_config.trainable)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SSLTaskModule:

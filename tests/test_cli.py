@@ -46,3 +46,11 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "unknown upstream 'nope'" in capsys.readouterr().err
     assert main(["inspect", "--audio", str(tmp_path / "missing.wav")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_dir_prints_the_folder_strata_fit_writes(tmp_path, capsys):
+    args = ["run-dir", "--task", "emotion", "--upstream", "hf:/models/my-hubert", "--interface", "hconv"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == "exp/emotion/my-hubert_hconv\n"
+    assert main([*args, "--trainable", "top:2", "--tag", "lr3", "--exp_dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}/emotion/my-hubert_hconv_top2_lr3\n"

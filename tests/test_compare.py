@@ -73,10 +73,14 @@ def test_compare_sh_runs_mini_for_two_upstreams_then_skips_finished_runs(mini_co
                "--stage", "1", "--stop_stage", "1", "--data_dir", str(mini_corpus), "--exp_dir", str(tmp_path / "exp"),
                "--out", str(tmp_path / "cmp"), "--", "--trainer.max_epochs", "1",
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    # another configuration's run, whose name starts like these ones: not one of the runs compared
+    write_run(tmp_path / "exp/emotion/fbank_weighted_sum_all", task="emotion", upstream="fbank",
+              interface="weighted_sum", trainable="all", UA=0.9, WA=0.9)  # fmt: skip
     first = subprocess.run(command, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| fbank_weighted_sum " in table and "| tiny_hubert_weighted_sum " in table and "UA ↑" in table
+    assert "fbank_weighted_sum_all" not in table
     assert (tmp_path / "cmp" / "compare.png").is_file()
     second = subprocess.run(command, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The dataset recipes' run.sh on trees with the real layouts (the prepare tests' fixtures): stage 0 writes the
-manifests each later stage reads, and IEMOCAP's stages 1-2 train and test one fold through egs/utils/recipe.sh."""
+manifests each later stage reads, and IEMOCAP's stages 1-2 train and test one fold through egs/utils/recipe.sh,
+whose run folders are the ones recipes.runs names."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from test_prepare_librispeech import write_tree as make_librispeech
 from test_prepare_voxceleb1 import make_tree as make_voxceleb1
 
 from recipes.data import read_manifest
+from recipes.runs import run_dir
 
 EGS = Path(__file__).resolve().parents[1] / "egs"
 
@@ -32,7 +34,7 @@ def test_iemocap_prepares_five_folds_then_trains_and_tests_one(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for k in range(1, 6):
         assert {e["session"] for e in read_manifest(data / f"fold{k}" / "test.jsonl").entries} == {k}
-    results = json.loads((exp / "emotion" / "fbank_weighted_sum_frozen" / "fold1" / "results.json").read_text())
+    results = json.loads((exp / "emotion" / "fbank_weighted_sum" / "fold1" / "results.json").read_text())
     assert results["task"] == "emotion" and 0 <= results["UA"] <= 1
     again = run_sh("iemocap", "--stage", "1", "--stop_stage", "2", "--data_dir", str(data), "--exp_dir", str(exp),
                    "--folds", "1", "--upstream", "fbank")  # fmt: skip
@@ -90,3 +92,18 @@ def test_dcase2023t2_stage_0_writes_dev_and_eval_manifests(tmp_path):
 def test_stage_0_without_the_dataset_root_says_which_option(recipe, tmp_path):
     done = run_sh(recipe, "--stage", "0", "--stop_stage", "0", "--data_dir", str(tmp_path / "data"))
     assert done.returncode != 0 and "_root is required" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("upstream", "trainable", "tag", "variant"),
+    [("hubert_base", "frozen", "", ""), ("hf:/models/my-hubert", "top:2", "lr3", ""), ("fbank", "all", "", "featex"),
+     ("fbank", "frozen", "lr3", "frozen")],
+)  # fmt: skip
+def test_recipe_sh_names_run_folders_as_recipes_runs_does(tmp_path, upstream, trainable, tag, variant):
+    script = (f'exp_dir={tmp_path} upstream={upstream} interface=hconv trainable={trainable} tag={tag}\n'
+              f'. {EGS / "utils" / "recipe.sh"}\nrun_dir emotion {variant}\n')  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expected = run_dir("emotion", upstream, "hconv", trainable, "_".join(filter(None, [tag, variant])), tmp_path)
+    assert done.stdout == f"{expected}\n"

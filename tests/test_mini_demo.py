@@ -1,7 +1,9 @@
-"""egs/mini/run.sh --demo true (what `make demo` runs) and the full recipe, with a `strata` that logs its calls."""
+"""egs/mini/run.sh --demo true (what `make demo` runs) and the full recipe, with a `strata` that logs its calls
+(and answers `strata run-dir`, the run folders' names, as the real one does)."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ def recorded_calls(tmp_path: Path, *options: str) -> list[list[str]]:
     (data / "all.jsonl").write_text("")
     bin_dir.mkdir()
     fake = bin_dir / "strata"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    fake.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {log}\n[ "$1" != run-dir ] || exec {sys.executable} -m recipes.cli "$@"\n'
+    )
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     command = ["bash", str(ROOT / "egs/mini/run.sh"), "--stage", "1", "--data_dir", str(data), "--exp_dir", str(exp)]
@@ -44,6 +48,10 @@ def test_demo_runs_every_task_with_fbank_one_probe_and_the_report(tmp_path):
     assert [option(call, "--task") for call in probes] == ["emotion"]
     assert not [call for call in calls if call[0] in ("analyze", "weights", "pretrain")]
     assert calls[-1][0] == "report"
+    exp = tmp_path / "exp"
+    assert [option(call, "--trainer.default_root_dir") for call in fits] == [
+        str(exp / task / "fbank_weighted_sum") for task in TASKS
+    ]
 
 
 @pytest.mark.parametrize("demo", [[], ["--demo", "false"]])
@@ -56,3 +64,20 @@ def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tm
     assert {call[1] for call in calls if call[0] == "analyze"} == {"cca", "mi"}
     assert sum(call[0] == "pretrain" for call in calls) == 2  # the pre-trained model and its random twin
     assert calls[-1][0] == "report"
+    asd_tests = {Path(option(call, "--trainer.default_root_dir")).name: call for call in calls
+                 if call[0] == "test" and option(call, "--config") == "conf/asd.yaml"}  # fmt: skip
+    assert sorted(asd_tests) == sorted(f"{up}_weighted_sum{variant}" for up in ("fbank", "tiny_hubert")
+                                       for variant in ("", "_featex", "_frozen"))  # fmt: skip
+    frozen = asd_tests["fbank_weighted_sum_frozen"]  # pooled features scored directly: no fit, no checkpoint
+    assert option(frozen, "--model.task.init_args.head") == "none" and "--ckpt_path" not in frozen
+    assert not [call for call in fits if "asd/fbank_weighted_sum_frozen" in option(call, "--trainer.default_root_dir")]
+    trials = [call[0] for call in calls if "--data.trials" in call]
+    assert trials == ["test", "test"]  # speaker verification's trials score the test set only
+
+
+def test_a_trained_upstream_and_a_tag_name_their_own_run_folders(tmp_path):
+    calls = recorded_calls(tmp_path, "--demo", "true", "--stop_stage", "1", "--trainable", "top:2", "--tag", "lr3")
+    fit, test = (call for call in calls if call[0] in ("fit", "test"))
+    assert option(fit, "--model.upstream.trainable") == "top:2"
+    run = str(tmp_path / "exp" / "emotion" / "fbank_weighted_sum_top2_lr3")
+    assert option(fit, "--trainer.default_root_dir") == option(test, "--trainer.default_root_dir") == run

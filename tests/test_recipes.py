@@ -12,6 +12,7 @@ import torch
 
 from recipes.cli import main
 from recipes.module import FROZEN_UPSTREAM_KEY, InterfaceConfig, SSLTaskModule, UpstreamConfig
+from recipes.runs import run_dir
 from recipes.tasks import TASKS, EmotionTask, task_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,21 @@ def test_test_without_a_checkpoint_is_a_one_line_error(mini_corpus, tmp_path, ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("strata test: error: no best checkpoint at") and "\n" not in err
+
+
+def test_the_default_run_dir_is_named_by_recipes_runs_with_the_trainable(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["test", "--config", CONFIG, "--model.upstream.trainable", "top:1", "--data.test", "test.jsonl"]
+    assert main(args) == 2  # no checkpoint yet: the error names where the run would be
+    expected = run_dir("emotion", "fbank", "weighted_sum", "top:1") / "checkpoints" / "best.ckpt"
+    assert str(expected) == "exp/emotion/fbank_weighted_sum_top1/checkpoints/best.ckpt"
+    assert f"no best checkpoint at {expected}:" in capsys.readouterr().err
+
+
+def test_the_module_titles_its_plots_with_the_run_folder_name():
+    module = SSLTaskModule(EmotionTask(classes=["a", "b"]), UpstreamConfig("tiny_hubert", trainable="top:1"))
+    assert module.run_name == run_dir("emotion", "tiny_hubert", "weighted_sum", "top:1").name
+    assert module.run_name == "tiny_hubert_weighted_sum_top1"
 
 
 def test_fit_without_a_valid_manifest_says_which_option_is_missing(mini_corpus, tmp_path, capsys):

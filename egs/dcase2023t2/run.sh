@@ -58,7 +58,7 @@ task_args=()
 if [ "${frozen}" = true ]; then
     tag=${tag:-frozen}; no_fit=true; task_args=(-- --model.task.init_args.head none)
 fi
-name=$(run_name)
+run=$(run_dir asd)
 if stage_on 1 || stage_on 2; then
     for set in ${sets}; do
         require "${data_dir}/${set}_train.jsonl" 0
@@ -67,13 +67,13 @@ if stage_on 1 || stage_on 2; then
             continue
         fi
         log "Stages 1-2: the ${set} set with ${upstream}"
-        fit_and_test "${exp_dir}/asd/${name}/${set}" "${data_dir}/${set}_train.jsonl" \
+        fit_and_test "${run}/${set}" "${data_dir}/${set}_train.jsonl" \
             "${data_dir}/${set}_valid.jsonl" "${data_dir}/${set}_test.jsonl" \
             -- ../../recipes/configs/asd.yaml conf/asd.yaml ${task_args[@]+"${task_args[@]}"}
     done
 fi
 
 if stage_on 3; then
-    log "Stage 3: per-machine AUC / pAUC and the official score (${exp_dir}/asd/${name})"
-    strata report "${exp_dir}/asd/${name}"
+    log "Stage 3: per-machine AUC / pAUC and the official score (${run})"
+    strata report "${run}"
 fi

@@ -37,18 +37,18 @@ if stage_on 0; then
         --valid-fraction "${valid_fraction}"
 fi
 
-name=$(run_name)
+run=$(run_dir emotion)
 if stage_on 1 || stage_on 2; then
     for k in ${folds}; do
         fold="${data_dir}/fold${k}"
         require "${fold}/train.jsonl" 0
         log "Stages 1-2: fold ${k} (test on Session ${k}) with ${upstream}"
-        fit_and_test "${exp_dir}/emotion/${name}/fold${k}" "${fold}/train.jsonl" "${fold}/valid.jsonl" \
+        fit_and_test "${run}/fold${k}" "${fold}/train.jsonl" "${fold}/valid.jsonl" \
             "${fold}/test.jsonl" -- ../../recipes/configs/emotion.yaml conf/emotion.yaml
     done
 fi
 
 if stage_on 3; then
-    log "Stage 3: UA / WA per fold and their mean (${exp_dir}/emotion/${name})"
-    python local/mean_over_folds.py "${exp_dir}/emotion/${name}"
+    log "Stage 3: UA / WA per fold and their mean (${run})"
+    python local/mean_over_folds.py "${run}"
 fi

@@ -39,13 +39,13 @@ if stage_on 0; then
     python local/prepare.py --root "${librispeech_root}" --out "${data_dir}" --splits "${splits// /,}"
 fi
 
-name=$(run_name)
+run=$(run_dir asr)
 if stage_on 1 || stage_on 2; then
     require "${data_dir}/${train_set}.jsonl" 0
     tests=""
     for test in ${test_sets}; do tests+=" ${data_dir}/${test}.jsonl"; done
     log "Stages 1-2: CTC on ${train_set} with ${upstream}; WER on ${test_sets}"
-    fit_and_test "${exp_dir}/asr/${name}" "${data_dir}/${train_set}.jsonl" "${data_dir}/${valid_set}.jsonl" \
+    fit_and_test "${run}" "${data_dir}/${train_set}.jsonl" "${data_dir}/${valid_set}.jsonl" \
         "${tests}" -- ../../recipes/configs/asr.yaml conf/asr.yaml
 fi
 

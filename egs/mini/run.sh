@@ -15,6 +15,7 @@ stop_stage=100
 upstream="fbank tiny_hubert"   # one or more upstreams (space-separated), see `strata upstreams`
 interface=weighted_sum
 trainable=frozen
+tag=
 seed=0
 demo=false                     # true: every task once with fbank, the emotion probe of tiny_hubert, no pre-training
 analysis_upstream=tiny_hubert  # stage 6: the upstream whose layers are analysed
@@ -23,21 +24,17 @@ num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and
 utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
 exp_dir=exp
-usage="usage: bash run.sh [--stage N] [--stop_stage N] [--upstream 'A B'] [--interface NAME] [-- strata overrides]"
+usage="usage: bash run.sh [--stage N] [--stop_stage N] [--demo true] [--upstream 'A B'] [--interface NAME]
+       [--trainable frozen|all|top:K] [--tag TAG] [-- strata overrides]"
 . ../utils/parse_options.sh
+. ../utils/recipe.sh
 if [ "${demo}" = true ]; then
     # fbank is the one upstream that learns every task in CPU minutes (tiny_hubert is random-initialised); the
     # probe still needs a multi-layer model, so stage 6 probes tiny_hubert.
     upstream=fbank
 fi
 
-log() { echo "$(date '+%F %T') ($(basename "$0")) $*"; }
-command -v strata > /dev/null || { echo "strata is not on PATH: run 'make install' and 'source .venv/bin/activate'" >&2; exit 1; }
-require() {  # require FILE STAGE: a later stage needs an earlier one's output
-    [ -f "$1" ] || { echo "$1 not found: run stage $2 first (bash run.sh --stage $2)" >&2; exit 1; }
-}
-
-if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
+if stage_on 0; then
     log "Stage 0: generating the mini corpus with espeak-ng into ${data_dir}"
     python local/make_corpus.py --out "${data_dir}" --seed "${seed}" \
         --num-speakers "${num_speakers}" --utterances-per-speaker "${utterances_per_speaker}"
@@ -45,73 +42,59 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     python local/make_machines.py --out "${data_dir}" --seed "${seed}"
 fi
 
-# run_task TASK: fit (resuming from the last checkpoint) and test TASK with conf/TASK.yaml on data/mini/TASK/ for
-# every upstream, skipping runs whose results.json exists; arguments after TASK go to `strata test` only (e.g. the
-# trials). A variant of the task sets `task_args` (overrides for fit and test) and `suffix` (appended to the run
-# folder's name).
+# run_task N TASK [TEST OVERRIDES...]: stage N fits and tests TASK with conf/TASK.yaml on ${data_dir}/TASK/ for every
+# upstream, through recipe.sh's fit_and_test (a killed fit resumes, a run whose results.json exists is skipped); the
+# overrides go to `strata test` only (e.g. the trials). A variant of the task sets `task_args` (overrides for fit and
+# test) and `variant` (appended to the run folder's name: run_dir TASK VARIANT).
 task_args=()
-suffix=
+variant=
 run_task() {
-    local task=$1; shift
+    local fit_stage=$1 test_stage=$1 task=$2; shift 2
     require "${data_dir}/${task}/train.jsonl" 0
-    for up in ${upstream}; do
-        local run_dir="${exp_dir}/${task}/${up//[:\/]/_}_${interface}${suffix}"
-        if [ -f "${run_dir}/results.json" ]; then
-            log "already done: ${run_dir}/results.json (delete it to run again)"
-            continue
-        fi
-        log "${task} with ${up} (${interface}, ${trainable}) -> ${run_dir}"
-        local started=${SECONDS}
-        local common=(--config "conf/${task}.yaml" --seed_everything "${seed}"
-            --model.upstream.name "${up}" --model.upstream.trainable "${trainable}"
-            --model.interface.name "${interface}" --trainer.default_root_dir "${run_dir}" "${task_args[@]}")
-        strata fit "${common[@]}" --data.train "${data_dir}/${task}/train.jsonl" \
-            --data.valid "${data_dir}/${task}/valid.jsonl" --ckpt_path last "${extra_args[@]}"
-        strata test "${common[@]}" --data.test "${data_dir}/${task}/test.jsonl" --ckpt_path best "$@" "${extra_args[@]}"
-        log "${task} with ${up}: $((SECONDS - started)) s"
+    local upstreams=${upstream} upstream run  # recipe.sh's helpers read ${upstream}: one upstream at a time
+    for upstream in ${upstreams}; do
+        run=$(run_dir "${task}" "${variant}")
+        log "${task} with ${upstream} (${interface}, ${trainable}) -> ${run}"
+        fit_and_test "${run}" "${data_dir}/${task}/train.jsonl" "${data_dir}/${task}/valid.jsonl" \
+            "${data_dir}/${task}/test.jsonl" -- "conf/${task}.yaml" -- ${task_args[@]+"${task_args[@]}"} -- "$@"
     done
 }
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+if stage_on 1; then
     log "Stage 1: emotion recognition (speaker-disjoint splits)"
-    run_task emotion
+    run_task 1 emotion
 fi
 
-if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+if stage_on 2; then
     log "Stage 2: speaker identification (every speaker, disjoint utterances)"
-    run_task speaker_id
+    run_task 2 speaker_id
 fi
 
-if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+if stage_on 3; then
     log "Stage 3: speaker verification (held-out test speakers, trials from stage 0)"
     require "${data_dir}/speaker_verification/trials.txt" 0
-    run_task speaker_verification --data.trials "${data_dir}/speaker_verification/trials.txt"
+    run_task 3 speaker_verification --data.trials "${data_dir}/speaker_verification/trials.txt"
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+if stage_on 4; then
     log "Stage 4: speech recognition (CTC over characters, unseen test speakers)"
-    run_task asr
+    run_task 4 asr
 fi
 
-if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+if stage_on 5; then
     log "Stage 5: anomalous sound detection (trained embedding, with FeatEx, then frozen pooled features)"
-    run_task asd --data.train "${data_dir}/asd/train.jsonl"
+    run_task 5 asd
     if [ "${demo}" != true ]; then
-        task_args=(--model.task.init_args.featex true); suffix=_featex
-        run_task asd --data.train "${data_dir}/asd/train.jsonl"
-        task_args=(); suffix=
-        for up in ${upstream}; do
-            run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
-            log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"
-            strata test --config conf/asd.yaml --seed_everything "${seed}" --model.upstream.name "${up}" \
-                --model.interface.name "${interface}" --model.task.init_args.head none \
-                --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
-                --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
-        done
+        task_args=(--model.task.init_args.featex true); variant=featex
+        run_task 5 asd
+        # the frozen upstream's pooled features scored directly: nothing to train, whatever --trainable says
+        task_args=(--model.task.init_args.head none); variant=frozen; no_fit=true
+        trainable=frozen run_task 5 asd
+        task_args=(); variant=; no_fit=false
     fi
 fi
 
-if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+if stage_on 6; then
     up=${analysis_upstream}
     name=${up//[:\/]/_}
     cache="${exp_dir}/cache/${name}"
@@ -133,8 +116,8 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         strata analyze mi --cache "${cache}" --labels speaker --clusters 32 --out "${out}/mi_speaker"
         runs=()
         for task in emotion speaker_id; do
-            [ -f "${exp_dir}/${task}/${name}_weighted_sum/checkpoints/best.ckpt" ] \
-                && runs+=("${exp_dir}/${task}/${name}_weighted_sum")
+            run=$(upstream=${up} interface=weighted_sum run_dir "${task}")
+            [ -f "${run}/checkpoints/best.ckpt" ] && runs+=("${run}")
         done
         if [ ${#runs[@]} -gt 0 ]; then
             log "learned layer weights of ${runs[*]} -> ${out}/weights"
@@ -146,7 +129,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     log "Stage 6 wrote: $(find "${out}" -name '*.csv' -o -name '*.png' | sort | tr '\n' ' ')"
 fi
 
-if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ] && [ "${demo}" != true ]; then
+if stage_on 7 && [ "${demo}" != true ]; then
     require "${data_dir}/all.jsonl" 0
     pretrained="${exp_dir}/pretrain/tiny_hubert_it1"
     twin="${exp_dir}/pretrain/tiny_hubert_random"
@@ -169,7 +152,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ] && [ "${demo}" != true ]; t
     strata report "${exp_dir}/pretrain"
 fi
 
-if [ "${stage}" -le 100 ] && [ "${stop_stage}" -ge 100 ]; then
+if stage_on 100; then
     log "Stage 100: results of every run under ${exp_dir}"
     strata report "${exp_dir}"
 fi

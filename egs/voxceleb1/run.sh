@@ -40,18 +40,19 @@ if stage_on 0; then
         --sv-valid-speakers "${sv_valid_speakers}"
 fi
 
-name=$(run_name)
 for task in ${tasks}; do
     if stage_on 1 || stage_on 2; then
         if [ "${task}" = sid ]; then
             require "${data_dir}/sid/train.jsonl" 0
             log "Stages 1-2: speaker identification with ${upstream}"
-            fit_and_test "${exp_dir}/speaker_id/${name}" "${data_dir}/sid/train.jsonl" "${data_dir}/sid/valid.jsonl" \
+            run=$(run_dir speaker_id)
+            fit_and_test "${run}" "${data_dir}/sid/train.jsonl" "${data_dir}/sid/valid.jsonl" \
                 "${data_dir}/sid/test.jsonl" -- ../../recipes/configs/speaker_id.yaml conf/speaker_id.yaml
         else
             require "${data_dir}/sv/trials.txt" 0
             log "Stages 1-2: speaker verification with ${upstream}"
-            fit_and_test "${exp_dir}/speaker_verification/${name}" "${data_dir}/sv/train.jsonl" \
+            run=$(run_dir speaker_verification)
+            fit_and_test "${run}" "${data_dir}/sv/train.jsonl" \
                 "${data_dir}/sv/valid.jsonl" "${data_dir}/sv/test.jsonl" \
                 -- ../../recipes/configs/speaker_verification.yaml conf/speaker_verification.yaml \
                 -- --data.trials "${data_dir}/sv/trials.txt"
