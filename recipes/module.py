@@ -20,7 +20,7 @@ from upstream.names import as_config
 from .cache import upstream_fingerprint
 from .optim import with_linear_warmup
 from .results import Results
-from .tasks import EmbeddingTable, Evaluator, Task, task_class
+from .tasks import EmbeddingTable, Evaluator, Task, task_from_config
 
 # Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
 FROZEN_UPSTREAM_KEY = "strata_frozen_upstream"
@@ -55,7 +55,7 @@ class InterfaceConfig:
 
 
 class SSLTaskModule(L.LightningModule):
-    """One module for every task: the `Task` supplies labels, head, loss and metrics.
+    """One module for every task: the `Task` supplies labels, the head (which owns its loss) and metrics.
 
     `lr` trains the interface and head; `upstream_lr` the upstream's trainable part (SSL models need a much
     smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero. `feature_norm` standardises
@@ -112,9 +112,8 @@ class SSLTaskModule(L.LightningModule):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if "task" not in hparams:
             raise ValueError(f"{path} is not a strata checkpoint (no task in its hyper-parameters)")
-        task = hparams.pop("task")
         module = cls(
-            task=task_class(task["class_path"])(**task.get("init_args", {})),
+            task=task_from_config(hparams.pop("task")),
             upstream=as_config(UpstreamConfig, hparams.pop("upstream", None), "upstream", "config"),
             interface=as_config(InterfaceConfig, hparams.pop("interface", None), "interface", "config"),
             **{k: v for k, v in hparams.items() if not k.startswith("_")},
@@ -196,14 +195,14 @@ class SSLTaskModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         outputs = self.head(*self.batch_inputs(batch))
-        loss = self.task.loss(outputs, batch["targets"])
+        loss = self.head.loss(outputs, batch["targets"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["ids"]))
         return loss
 
     def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:
         outputs = self.head(*self.batch_inputs(batch))
         if "targets" in batch:  # verification scores held-out speakers through trials, without a loss
-            loss = self.task.loss(outputs, batch["targets"])
+            loss = self.head.loss(outputs, batch["targets"])
             batch_size = len(batch["ids"])
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.evaluator.update(outputs, batch)

@@ -97,14 +97,14 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     log "Stage 5: anomalous sound detection (trained embedding, with FeatEx, then frozen pooled features)"
     run_task asd --data.train "${data_dir}/asd/train.jsonl"
     if [ "${demo}" != true ]; then
-        task_args=(--model.task.init_args.featex true); suffix=_featex
+        task_args=(--model.task.init_args.embedding featex); suffix=_featex
         run_task asd --data.train "${data_dir}/asd/train.jsonl"
         task_args=(); suffix=
         for up in ${upstream}; do
             run_dir="${exp_dir}/asd/${up//[:\/]/_}_${interface}_frozen"
             log "asd frozen embeddings of ${up} (no training) -> ${run_dir}"
             strata test --config conf/asd.yaml --seed_everything "${seed}" --model.upstream.name "${up}" \
-                --model.interface.name "${interface}" --model.task.init_args.head none \
+                --model.interface.name "${interface}" --model.task.init_args.embedding frozen \
                 --trainer.default_root_dir "${run_dir}" --data.train "${data_dir}/asd/train.jsonl" \
                 --data.test "${data_dir}/asd/test.jsonl" "${extra_args[@]}"
         done
