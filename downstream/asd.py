@@ -63,9 +63,12 @@ def cosine_distance(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) 
 
 
 class AnomalyScorer:
-    """Fit on normal training embeddings of one section (source, and target if any); score test embeddings."""
+    """Fit on normal training embeddings of one section (source, and target if any); score test embeddings.
+
+    `config_class` is a dataclass of the constructor's options (same names and defaults), for typed configs."""
 
     name: str
+    config_class: type
 
     def fit(self, source: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray | None = None) -> AnomalyScorer:
         raise NotImplementedError
@@ -95,6 +98,26 @@ def _domains(source, target) -> dict[str, torch.Tensor]:
     return domains
 
 
+@dataclass
+class KnnConfig:
+    """Options of the knn scorer (`KnnScorer`).
+
+    `k`: how many nearest training embeddings of each domain are averaged."""
+
+    k: int = 1
+
+
+@dataclass
+class KMeansConfig:
+    """Options of the kmeans scorer (`KMeansScorer`).
+
+    `num_centers` source centres; the k-means `seed` and `max_iterations`."""
+
+    num_centers: int = 16
+    seed: int = 0
+    max_iterations: int = 100
+
+
 @register("knn")
 class KnnScorer(AnomalyScorer):
     """Mean cosine distance to the k nearest training embeddings of each domain; the smaller of the two domains.
@@ -102,6 +125,8 @@ class KnnScorer(AnomalyScorer):
     Taking the minimum over domains means a test clip need only look normal for one of them, so the few target
     clips are not outvoted by the many source clips.
     """
+
+    config_class = KnnConfig
 
     def __init__(self, k: int = 1) -> None:
         if k < 1:
@@ -134,6 +159,8 @@ class KMeansScorer(AnomalyScorer):
     """Cosine distance to the nearest prototype: `num_centers` spherical k-means centres of the source embeddings,
     plus every target embedding as its own prototype (too few to cluster). Fewer source embeddings than centres
     is an error: lower `num_centers`, or use `KnnScorer`, which then keeps every embedding."""
+
+    config_class = KMeansConfig
 
     def __init__(self, num_centers: int = 16, seed: int = 0, max_iterations: int = 100) -> None:
         if num_centers < 1 or max_iterations < 1:
@@ -294,7 +321,8 @@ class FeatExHead(nn.Module):
     Two branches embed each clip: the pooled SSL features and the clip's magnitude spectrum. In training, with
     probability `exchange_probability` a clip's feature-branch embedding is replaced by another clip's of the batch,
     and the classifier, over twice the classes, must say both which classes the halves come from and whether they
-    were exchanged (`featex_targets`). Telling matching pairs from exchanged ones is self-supervised: it needs no
+    were exchanged (`featex_targets`, which `loss` gives the criterion; classifier and criterion are a pair from
+    `downstream.losses.build_loss`). Telling matching pairs from exchanged ones is self-supervised: it needs no
     labels beyond the auxiliary classes and makes the embedding keep what ties the two views of one clip together.
     The anomaly embedding is the two branch embeddings of a clip side by side, each of unit length.
     """
@@ -306,13 +334,14 @@ class FeatExHead(nn.Module):
         feature_branch: PooledEmbedding,
         spectrum_branch: SpectrumEmbedding,
         classifier: nn.Module,
+        criterion: nn.Module,
         exchange_probability: float = 0.5,
     ) -> None:
         super().__init__()
         if not 0 <= exchange_probability <= 1:
             raise ValueError(f"exchange_probability must be in [0, 1]; got {exchange_probability}")
         self.feature_branch, self.spectrum_branch = feature_branch, spectrum_branch
-        self.classifier = classifier
+        self.classifier, self.criterion = classifier, criterion
         self.exchange_probability = exchange_probability
         self.embedding_size = feature_branch.embedding_size + spectrum_branch.embedding_size
 
@@ -339,6 +368,11 @@ class FeatExHead(nn.Module):
             partners = torch.where(exchange, others, partners)
         pairs = torch.cat([first[partners], second], dim=1)
         return FeatExOutput(torch.cat([first, second], dim=1), self.classifier(pairs), partners)
+
+    def loss(self, outputs: FeatExOutput, targets: torch.Tensor) -> torch.Tensor:
+        """The criterion on the pairs' logits `[B, 2C]` against `featex_targets` of the clips' classes `[B]`."""
+        soft = featex_targets(targets, outputs.partners, outputs.logits.size(1) // 2)
+        return self.criterion(outputs.logits, soft)
 
 
 def featex_targets(targets: torch.Tensor, partners: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -306,10 +306,26 @@ class BeamSearchDecoder:
 class AsrHead(nn.Module):
     """SpecAugment (training only) then the CTC head: `features [B, T, D]`, `lengths [B]` -> `CTCOutput`."""
 
-    def __init__(self, augment: SpecAugment, ctc: CTCHead) -> None:
+    def __init__(self, augment: SpecAugment, ctc: CTCHead, blank_id: int = 0) -> None:
         super().__init__()
         self.augment = augment
         self.ctc = ctc
+        self.blank_id = blank_id
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> CTCOutput:
         return self.ctc(self.augment(features, lengths), lengths)
+
+    def loss(self, outputs: CTCOutput, targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """CTC loss of `outputs` against `targets = (labels [B, U] padded, label_lengths [B])`, averaged over
+        the batch after dividing each utterance's loss by its label length (torch's `reduction="mean"`)."""
+        labels, label_lengths = targets
+        # zero_infinity: an utterance CTC cannot align (kept in valid/test) adds nothing instead of inf.
+        return nn.functional.ctc_loss(
+            outputs.log_probs.transpose(0, 1).float(),
+            labels,
+            outputs.lengths,
+            label_lengths,
+            blank=self.blank_id,
+            reduction="mean",
+            zero_infinity=True,
+        )

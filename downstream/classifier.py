@@ -58,3 +58,7 @@ class UtteranceClassifier(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """`features [B, T, D]`, `lengths [B]` valid frames -> `logits [B, num_classes]`."""
         return self.classifier(self.embed(features, lengths))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of `logits [B, C]` against class indices `targets [B]`."""
+        return nn.functional.cross_entropy(logits, targets)

@@ -22,13 +22,14 @@ class EmbeddingOutput:
 
 
 class EmbeddingHead(nn.Module):
-    """An extractor (`embedding_size`, `(features, lengths) -> [B, E]`) and a classifier from
-    `downstream.losses.build_loss`: the classifier serves training only; evaluation scores the embeddings."""
+    """An extractor (`embedding_size`, `(features, lengths) -> [B, E]`) and the (classifier, criterion) pair of
+    `downstream.losses.build_loss`: they serve training only (`loss`); evaluation scores the embeddings."""
 
-    def __init__(self, extractor: nn.Module, classifier: nn.Module) -> None:
+    def __init__(self, extractor: nn.Module, classifier: nn.Module, criterion: nn.Module) -> None:
         super().__init__()
         self.extractor = extractor
         self.classifier = classifier
+        self.criterion = criterion
         self.embedding_size = extractor.embedding_size
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -38,3 +39,7 @@ class EmbeddingHead(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> EmbeddingOutput:
         embeddings = self.extractor(features, lengths)
         return EmbeddingOutput(embeddings=embeddings, logits=self.classifier(embeddings))
+
+    def loss(self, outputs: EmbeddingOutput, targets: torch.Tensor) -> torch.Tensor:
+        """The criterion on the classifier's outputs, `targets [B]` class indices."""
+        return self.criterion(outputs.logits, targets)

@@ -52,10 +52,11 @@ def _check_layers(kernel_sizes: Sequence[int], dilations: Sequence[int]) -> None
 
 @dataclass
 class XVectorConfig:
-    """x-vector sizes (Snyder et al. 2018). Frame layers are TDNNs (Conv1d over time, ReLU, BatchNorm) with the
-    contexts [t-2, t+2], {t-2, t, t+2}, {t-3, t, t+3}, {t}, {t}; `channels` are the widths of all but the last,
-    whose `stats_channels` outputs are pooled to mean and standard deviation; the embedding is the affine
-    "segment6" layer on the pooled statistics."""
+    """x-vector sizes (Snyder et al. 2018), the `xvector` extractor's options.
+
+    Frame layers are TDNNs (Conv1d over time, ReLU, BatchNorm) with the contexts [t-2, t+2], {t-2, t, t+2},
+    {t-3, t, t+3}, {t}, {t}; `channels` are the widths of all but the last, whose `stats_channels` outputs are pooled
+    to mean and standard deviation; the embedding is the affine "segment6" layer on the pooled statistics."""
 
     kernel_sizes: tuple[int, ...] = (5, 3, 3, 1, 1)
     dilations: tuple[int, ...] = (1, 2, 3, 1, 1)
@@ -81,11 +82,12 @@ class XVectorConfig:
 
 @dataclass
 class EcapaConfig:
-    """ECAPA-TDNN sizes (Desplanques et al. 2020): C = `channels` (512, or 1024 for the large model). The first
-    kernel size / dilation is layer 1's, the last the aggregation layer's, and each one between makes an
-    SE-Res2Block (three in the paper), whose outputs are concatenated and aggregated by a 1x1 TDNN to
-    `aggregation_channels` (None: blocks * C, the paper's 1536 for C = 512). The paper's C = 1024 model keeps
-    1536 there (14.7M parameters); blocks * C = 3072 makes it 20.8M."""
+    """ECAPA-TDNN sizes (Desplanques et al. 2020), the `ecapa` extractor's options.
+
+    C = `channels` (512, or 1024 for the large model). The first kernel size / dilation is layer 1's, the last the
+    aggregation layer's, and each one between makes an SE-Res2Block (three in the paper), whose outputs are
+    concatenated and aggregated by a 1x1 TDNN to `aggregation_channels` (None: blocks * C, the paper's 1536 for
+    C = 512). The paper's C = 1024 model keeps 1536 there (14.7M parameters); blocks * C = 3072 makes it 20.8M."""
 
     channels: int = 512
     embedding_size: int = 192

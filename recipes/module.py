@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import torch
 from downstream.normalization import FeatureNorm
 from upstream import build_upstream
 from upstream.interfaces import build_interface
+from upstream.names import as_config
 
 from . import runs
 from .cache import upstream_fingerprint
@@ -20,13 +21,13 @@ from .evaluation import SplitEvaluation
 from .optim import with_linear_warmup
 from .results import Results
 from .spec import InputSpec
-from .tasks import Evaluator, SplitData, Task, task_class
+from .tasks import Evaluator, SplitData, Task, task_from_config
 
 # Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
 FROZEN_UPSTREAM_KEY = "strata_frozen_upstream"
 
 
-@dataclass
+@dataclass(frozen=True)
 class UpstreamConfig:
     """Which upstream and how much of it trains (`frozen`, `all` or `top:K`; the CNN only with `train_cnn`)."""
 
@@ -35,17 +36,27 @@ class UpstreamConfig:
     train_cnn: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class InterfaceConfig:
-    """How hidden layers are combined: a name from `upstream.interfaces.INTERFACES` and its options
-    (e.g. `{"layer": 6}` for `layer`, `{"normalize": true}` for `weighted_sum`)."""
+    """How hidden layers are combined: an interface name and its options.
+
+    `name` is one of `upstream.interfaces.INTERFACES`; each option is passed only when set (`layer` for `layer`,
+    `normalize` for `weighted_sum`, `output_size` for any), and one the interface does not take is a `ValueError`
+    naming those it does."""
 
     name: str = "weighted_sum"
-    options: dict[str, Any] = field(default_factory=dict)
+    layer: int | None = None  # `layer`: which hidden state (negative counts from the end)
+    normalize: bool | None = None  # `weighted_sum`: layer-norm each hidden state first
+    output_size: int | None = None  # any: a linear map to this width (default: the upstream's hidden size)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options that are set, for `build_interface`."""
+        return {key: value for key, value in asdict(self).items() if key != "name" and value is not None}
 
 
 class SSLTaskModule(L.LightningModule):
-    """One module for every task: the `Task` supplies labels, head, loss and metrics.
+    """One module for every task: the `Task` supplies labels, the head (which owns its loss) and metrics.
 
     `lr` trains the interface and head; `upstream_lr` the upstream's trainable part (SSL models need a much
     smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero. `feature_norm` standardises
@@ -56,8 +67,8 @@ class SSLTaskModule(L.LightningModule):
     def __init__(
         self,
         task: Task,
-        upstream: UpstreamConfig | None = None,
-        interface: InterfaceConfig | None = None,
+        upstream: UpstreamConfig = UpstreamConfig(),  # noqa: B008 -- frozen, so one shared default is safe
+        interface: InterfaceConfig = InterfaceConfig(),  # noqa: B008
         lr: float = 1e-3,
         upstream_lr: float = 5e-5,
         weight_decay: float = 0.0,
@@ -65,8 +76,6 @@ class SSLTaskModule(L.LightningModule):
         feature_norm: bool = False,
     ) -> None:
         super().__init__()
-        upstream = upstream or UpstreamConfig()
-        interface = interface or InterfaceConfig()
         self.save_hyperparameters()
         # Outside LightningCLI the hyper-parameters are the objects themselves; keep them plain so checkpoints
         # load with torch.load(weights_only=True), as Lightning does when resuming.
@@ -105,11 +114,10 @@ class SSLTaskModule(L.LightningModule):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if "task" not in hparams:
             raise ValueError(f"{path} is not a strata checkpoint (no task in its hyper-parameters)")
-        task = hparams.pop("task")
         module = cls(
-            task=task_class(task["class_path"])(**task.get("init_args", {})),
-            upstream=UpstreamConfig(**hparams.pop("upstream", {})),
-            interface=InterfaceConfig(**hparams.pop("interface", {})),
+            task=task_from_config(hparams.pop("task")),
+            upstream=as_config(UpstreamConfig, hparams.pop("upstream", None), "upstream", "config"),
+            interface=as_config(InterfaceConfig, hparams.pop("interface", None), "interface", "config"),
             **{k: v for k, v in hparams.items() if not k.startswith("_")},
         )
         module.on_load_checkpoint(checkpoint, where=str(path))
@@ -204,14 +212,14 @@ class SSLTaskModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         outputs = self.head(*self.batch_inputs(batch))
-        loss = self.task.loss(outputs, batch["targets"])
+        loss = self.head.loss(outputs, batch["targets"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["ids"]))
         return loss
 
     def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:
         outputs = self.head(*self.batch_inputs(batch))
         if "targets" in batch:  # verification scores held-out speakers through trials, without a loss
-            loss = self.task.loss(outputs, batch["targets"])
+            loss = self.head.loss(outputs, batch["targets"])
             batch_size = len(batch["ids"])
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.evaluator.update(outputs, batch)

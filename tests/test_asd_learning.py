@@ -29,7 +29,7 @@ def common(run_dir: Path) -> list[str]:
 
 
 def frozen_test(run_dir: Path, train: Path, test: Path, *extra: str) -> int:
-    return main(["test", *common(run_dir), "--model.task.init_args.head", "none",
+    return main(["test", *common(run_dir), "--model.task.init_args.embedding", "frozen",
                  "--data.train", str(train), "--data.test", str(test), *extra])  # fmt: skip
 
 
@@ -110,10 +110,10 @@ def test_kmeans_scorer_on_frozen_embeddings_beats_chance(machines, tmp_path):
 
 def test_featex_training_runs_end_to_end_and_scores_with_both_branches(machines, tmp_path):
     run_dir = tmp_path / "featex"
-    train = ["--data.train", str(machines / "train.jsonl"), "--model.task.init_args.featex", "true"]
+    train = ["--data.train", str(machines / "train.jsonl"), "--model.task.init_args.embedding", "featex"]
     assert main(["fit", *common(run_dir), *train, "--data.valid", str(machines / "valid.jsonl"),
                  "--trainer.max_epochs", "2"]) == 0  # fmt: skip
-    assert "featex: true" in (run_dir / "config.yaml").read_text()
+    assert "embedding: featex" in (run_dir / "config.yaml").read_text()
     assert main(["test", *common(run_dir), *train, "--data.test", str(machines / "test.jsonl")]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     print("asd featex, 2 epochs:", round(results["official_score"], 3))

@@ -2,6 +2,8 @@
 the source and target distances), k-means keeps every target clip as a prototype; the gamma threshold recovers the
 quantile of a known gamma distribution."""
 
+import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -108,6 +110,15 @@ def test_registry_builds_scorers_and_names_the_choices():
         build_scorer("lof")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_centers'\] for anomaly scorer 'knn'"):
         build_scorer("knn", num_centers=3)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_each_scorers_config_class_has_its_constructors_options_and_defaults(name):
+    scorer = SCORERS[name]
+    options = {p.name: p.default for p in inspect.signature(scorer).parameters.values()}
+    assert {field.name: field.default for field in dataclasses.fields(scorer.config_class)} == options
+    config = scorer.config_class()
+    assert vars(build_scorer(name, **dataclasses.asdict(config))).items() >= dataclasses.asdict(config).items()
 
 
 def gamma2_quantile(probability: float) -> float:

@@ -34,7 +34,7 @@ def test_first_fit_trains_a_tokenizer_into_the_run_directory_and_test_reuses_it(
     path = Path(completed["tokenizer"])
     assert path == tmp_path / "run" / "tokenizer.model" and path.is_file()
     task = AsrTask(tokenizer=str(path))
-    assert task.tokenizer.decode(task.tokenizer.encode("HELLO IT'S")) == "HELLO IT'S"
+    assert task.text_tokenizer.decode(task.text_tokenizer.encode("HELLO IT'S")) == "HELLO IT'S"
     # A checkpoint's tokenizer wins over training a new one; without any, there is nothing to train from.
     assert AsrTask.complete_config({}, None, {"tokenizer": str(path)}, tmp_path / "other")["tokenizer"] == str(path)
     with pytest.raises(ValueError, match="no --data.train"):
@@ -78,7 +78,7 @@ def test_ctc_loss_is_finite_for_an_utterance_it_cannot_align(tmp_path):
     head = task.build_head(4).eval()
     outputs = head(torch.randn(2, 3, 4), torch.tensor([3, 2]))
     targets = task.collate_targets([tokenizer.encode("ABC"), tokenizer.encode("ABC")])  # 3 labels, 2 frames
-    assert torch.isfinite(task.loss(outputs, targets))
+    assert torch.isfinite(head.loss(outputs, targets))  # the head owns its loss: no task state needed
 
 
 def test_strata_tokenizer_trains_on_a_manifest_and_says_where(tmp_path, capsys):

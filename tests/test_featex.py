@@ -24,8 +24,8 @@ def test_featex_targets_keep_matching_pairs_and_split_exchanged_ones_over_the_se
 
 
 def make_head(probability: float, classes: int = 3) -> FeatExHead:
-    classifier, _ = build_loss("aam", 16, 2 * classes)
-    return FeatExHead(PooledEmbedding(8, 8), SpectrumEmbedding(8, num_bins=64), classifier, probability)
+    classifier, criterion = build_loss("aam", 16, 2 * classes)
+    return FeatExHead(PooledEmbedding(8, 8), SpectrumEmbedding(8, num_bins=64), classifier, criterion, probability)
 
 
 def batch(size: int = 6):

@@ -60,6 +60,9 @@ def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tm
     fits = [call for call in calls if call[0] == "fit"]
     upstreams = [option(call, "--model.upstream.name") for call in fits]
     assert upstreams.count("fbank") == upstreams.count("tiny_hubert") == len(TASKS) + 1  # + the FeatEx ASD run
+    embeddings = [option(call, "--model.task.init_args.embedding") for call in calls
+                  if "--model.task.init_args.embedding" in call]  # fmt: skip
+    assert sorted(embeddings) == ["featex"] * 4 + ["frozen"] * 2  # per upstream: FeatEx fit and test, frozen test
     assert {option(call, "--task") for call in calls if call[0] == "probe"} == {"emotion", "speaker_id"}
     assert {call[1] for call in calls if call[0] == "analyze"} == {"cca", "mi"}
     assert sum(call[0] == "pretrain" for call in calls) == 2  # the pre-trained model and its random twin
@@ -69,7 +72,7 @@ def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tm
     assert sorted(asd_tests) == sorted(f"{up}_weighted_sum{variant}" for up in ("fbank", "tiny_hubert")
                                        for variant in ("", "_featex", "_frozen"))  # fmt: skip
     frozen = asd_tests["fbank_weighted_sum_frozen"]  # pooled features scored directly: no fit, no checkpoint
-    assert option(frozen, "--model.task.init_args.head") == "none" and "--ckpt_path" not in frozen
+    assert option(frozen, "--model.task.init_args.embedding") == "frozen" and "--ckpt_path" not in frozen
     assert not [call for call in fits if "asd/fbank_weighted_sum_frozen" in option(call, "--trainer.default_root_dir")]
     trials = [call[0] for call in calls if "--data.trials" in call]
     assert trials == ["test", "test"]  # speaker verification's trials score the test set only

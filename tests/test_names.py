@@ -53,13 +53,34 @@ def test_interfaces_and_poolings_refuse_an_unknown_option_with_the_valid_ones():
         build_pooling("attentive_stats", 8, attention=4)
 
 
+def emotion_fit(corpus, tmp_path, *extra: str) -> list[str]:
+    return ["fit", "--config", "egs/mini/conf/emotion.yaml", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--data.train", str(corpus / "emotion" / "train.jsonl"),
+            "--data.valid", str(corpus / "emotion" / "valid.jsonl"), *extra]  # fmt: skip
+
+
 def test_a_bad_option_on_the_command_line_is_one_line_naming_the_valid_ones(mini_corpus, tmp_path, capsys):
-    config = "egs/mini/conf/emotion.yaml"
-    args = ["fit", "--config", config, "--trainer.default_root_dir", str(tmp_path / "run"),
-            "--data.train", str(mini_corpus / "emotion" / "train.jsonl"),
-            "--data.valid", str(mini_corpus / "emotion" / "valid.jsonl"),
-            "--model.interface.name", "layer", "--model.interface.options", "{lyer: 2}"]  # fmt: skip
+    # `normalize` is a typed interface option, but not one the `layer` interface takes.
+    args = emotion_fit(mini_corpus, tmp_path, "--model.interface.name", "layer", "--model.interface.normalize", "true")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after Lightning's INFO lines
     assert err.startswith("strata fit: error:")
-    assert "unknown option(s) ['lyer'] for interface 'layer'; valid options: ['layer', 'output_size']" in err
+    assert "unknown option(s) ['normalize'] for interface 'layer'; valid options: ['layer', 'output_size']" in err
+
+
+def test_a_misspelt_interface_option_is_a_usage_error_naming_it(mini_corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(emotion_fit(mini_corpus, tmp_path, "--model.interface.name", "layer", "--model.interface.lyer", "2"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: unrecognized arguments: --model.interface.lyer 2" in err
+    assert not (tmp_path / "run").exists()  # refused before anything ran
+
+
+def test_interface_config_passes_only_the_options_that_are_set():
+    from recipes.module import InterfaceConfig
+
+    assert InterfaceConfig("weighted_sum").options == {}
+    assert InterfaceConfig("layer", layer=-2, output_size=8).options == {"layer": -2, "output_size": 8}
+    with pytest.raises(ValueError, match=r"\['normalize'\] for interface 'last'; valid options: \['output_size'\]"):
+        build_interface("last", 5, 8, **InterfaceConfig("last", normalize=True).options)

@@ -10,7 +10,7 @@ import torch
 
 from recipes.cli import main
 from recipes.pretrain.masking import span_mask
-from recipes.pretrain.module import HubertPretrainModule
+from recipes.pretrain.module import EncoderSize, HubertPretrainModule
 from recipes.pretrain.targets import Codebook, mfcc_frames
 from upstream import build_upstream
 
@@ -94,3 +94,27 @@ def test_strata_pretrain_writes_an_upstream_that_hf_loads_with_the_same_outputs(
         trained = module.hubert(wav * 0 + (wav - wav.mean()) / wav.std(unbiased=False).clamp(min=1e-7),
                                 attention_mask=torch.ones(1, 12000, dtype=torch.long)).last_hidden_state  # fmt: skip
     assert torch.allclose(loaded, trained, atol=1e-5)
+
+
+def test_encoder_sizes_are_typed_overrides_and_a_misspelt_one_names_the_valid_ones(tmp_path, capsys):
+    module = HubertPretrainModule(size="tiny", num_clusters=8, encoder=EncoderSize(num_hidden_layers=2))
+    assert module.hubert.config.num_hidden_layers == 2 and module.hubert.config.hidden_size == 64  # rest: tiny's
+    assert module.hparams["encoder"] == {"hidden_size": None, "num_hidden_layers": 2, "num_attention_heads": None,
+                                         "intermediate_size": None}  # fmt: skip
+    assert HubertPretrainModule(encoder={"intermediate_size": 32}).hubert.config.intermediate_size == 32
+    with pytest.raises(ValueError, match=r"\['hiden_size'\] for pre-training 'encoder'; valid options: \['hidden"):
+        HubertPretrainModule(encoder={"hiden_size": 32})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--config", str(ROOT / "recipes" / "configs" / "pretrain_tiny.yaml"),
+              "--model.encoder.hiden_size", "32", "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "error: unrecognized arguments: --model.encoder.hiden_size 32" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_help_lists_the_encoder_sizes(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    for size in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        assert f"--model.encoder.{size}" in out

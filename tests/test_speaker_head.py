@@ -116,7 +116,7 @@ def test_configs_reject_inconsistent_sizes():
 def test_speaker_embedding_head_returns_embeddings_and_logits():
     extractor = small_extractor("ecapa")
     classifier, criterion = build_loss("aam", extractor.embedding_size, num_classes=7)
-    head = EmbeddingHead(extractor, classifier).eval()
+    head = EmbeddingHead(extractor, classifier, criterion).eval()
     features, lengths = torch.randn(3, 25, 20), torch.tensor([25, 12, 3])
     out = head(features, lengths)
     assert out.embeddings.shape == (3, 16) and out.logits.shape == (3, 7)
@@ -125,6 +125,7 @@ def test_speaker_embedding_head_returns_embeddings_and_logits():
     assert torch.allclose(out.logits, classifier(out.embeddings))  # logits are the classifier's cosines of it
     assert (out.logits.abs() <= 1 + 1e-6).all()
     assert torch.isfinite(criterion(out.logits, torch.tensor([0, 3, 6])))
+    assert head.loss(out, torch.tensor([0, 3, 6])) == criterion(out.logits, torch.tensor([0, 3, 6]))
 
 
 def test_cosine_scores_by_hand():
@@ -156,7 +157,7 @@ def test_training_step_gives_finite_gradients_with_padded_batches(name):
     extractor = small_extractor(name).train()
     classifier, criterion = build_loss("aam", 16, num_classes=4)
     features = torch.randn(4, 30, 20, requires_grad=True)
-    head = EmbeddingHead(extractor, classifier)
+    head = EmbeddingHead(extractor, classifier, criterion)
     criterion(head(features, torch.tensor([30, 17, 5, 1])).logits, torch.tensor([0, 1, 2, 3])).backward()
     assert torch.isfinite(features.grad).all()
     assert features.grad[1, 17:].abs().max() == 0  # padded frames get no gradient

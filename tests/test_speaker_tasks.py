@@ -45,11 +45,11 @@ def test_verification_labels_only_its_training_split_and_crops_it():
     head = task.build_head(20)
     out = head(torch.randn(3, 50, 20), torch.tensor([50, 40, 30]))
     assert out.embeddings.shape == (3, 192) and out.logits.shape == (3, 2)
-    assert torch.isfinite(task.loss(out, torch.tensor([0, 1, 0])))
+    assert torch.isfinite(head.loss(out, torch.tensor([0, 1, 0])))
 
 
 def test_task_config_round_trips_through_its_class_path():
-    task = SpeakerVerificationTask(speakers=["a", "b"], extractor="xvector", extractor_options={"embedding_size": 64})
+    task = SpeakerVerificationTask(speakers=["a", "b"], extractor="xvector", xvector={"embedding_size": 64})
     config = task.config()
     rebuilt = task_class(config["class_path"])(**config["init_args"])
     assert rebuilt.config() == config and rebuilt.loss_type == "aam"

@@ -5,11 +5,13 @@ It lives in `upstream`, the lowest package, so that downstream and recipes can u
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def check_options(kind: str, name: str, options: Iterable[str], valid: Iterable[str]) -> None:
@@ -18,6 +20,19 @@ def check_options(kind: str, name: str, options: Iterable[str], valid: Iterable[
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {kind} {name!r}; valid options: {valid or 'none'}")
+
+
+def as_config(config_class: type[C], value: C | Mapping[str, Any] | None, kind: str, name: str) -> C:
+    """`value` as a `config_class` dataclass: itself, the defaults for None, or built from a mapping of its fields
+    (a checkpoint's plain data, a Python caller's dict), whose unknown keys are a `ValueError` naming the valid ones."""
+    if isinstance(value, config_class):
+        return value
+    if value is None:
+        return config_class()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{kind} {name!r} options must be a {config_class.__name__} or a mapping; got {value!r}")
+    check_options(kind, name, value, [field.name for field in dataclasses.fields(config_class)])
+    return config_class(**value)
 
 
 class Registry(Generic[T]):

@@ -5,7 +5,7 @@
 # submission CSVs, and evaluated too when --ground_truth points at the official evaluator's ground-truth folders.
 # Stages: -1 download from Zenodo (resumable, md5-checked), 0 prepare manifests, 1 fit, 2 test, 3 report.
 #   bash run.sh --dcase_root /data/dcase2023t2
-#   bash run.sh --stage 1 --upstream wavlm_base_plus -- --model.task.init_args.featex true
+#   bash run.sh --stage 1 --upstream wavlm_base_plus -- --model.task.init_args.embedding featex
 #   bash run.sh --stage 1 --frozen true             # pooled upstream features scored directly, no training
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,7 +56,7 @@ fi
 
 task_args=()
 if [ "${frozen}" = true ]; then
-    tag=${tag:-frozen}; no_fit=true; task_args=(-- --model.task.init_args.head none)
+    tag=${tag:-frozen}; no_fit=true; task_args=(-- --model.task.init_args.embedding frozen)
 fi
 run=$(run_dir asd)
 if stage_on 1 || stage_on 2; then

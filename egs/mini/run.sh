@@ -85,10 +85,10 @@ if stage_on 5; then
     log "Stage 5: anomalous sound detection (trained embedding, with FeatEx, then frozen pooled features)"
     run_task 5 asd
     if [ "${demo}" != true ]; then
-        task_args=(--model.task.init_args.featex true); variant=featex
+        task_args=(--model.task.init_args.embedding featex); variant=featex
         run_task 5 asd
         # the frozen upstream's pooled features scored directly: nothing to train, whatever --trainable says
-        task_args=(--model.task.init_args.head none); variant=frozen; no_fit=true
+        task_args=(--model.task.init_args.embedding frozen); variant=frozen; no_fit=true
         trainable=frozen run_task 5 asd
         task_args=(); variant=; no_fit=false
     fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,33 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from upstream import compat
 from upstream.base import lengths_to_mask, prepare_waveforms
 from upstream.hf import TINY_CONFIG
+from upstream.names import as_config
 
 from ..optim import with_linear_warmup
 from .masking import span_mask
 
-# Model sizes by name; `model` overrides any HubertConfig field on top.
+# Model sizes by name (HubertConfig fields); `EncoderSize` overrides the transformer's on top.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(TINY_CONFIG),  # 4 x 64, layer-norm CNN: minutes on a CPU
     "base": {},  # HubertConfig's defaults: HuBERT Base, 12 x 768
 }
+
+
+@dataclass(frozen=True)
+class EncoderSize:
+    """Transformer sizes over the named `size` (unset: the size's own).
+
+    `hidden_size` (divisible by `num_attention_heads`), `num_hidden_layers` and the feed-forward
+    `intermediate_size`, as transformers' HubertConfig names them."""
+
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+
+    def overrides(self) -> dict[str, int]:
+        """The HubertConfig fields that are set."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 class HubertPretrainModule(L.LightningModule):
@@ -31,13 +50,14 @@ class HubertPretrainModule(L.LightningModule):
     learnt embedding, and the transformer output of every masked frame must predict that frame's cluster id: a
     projection to `final_dim`, cosine similarity with one learnt embedding per cluster over `logit_temperature`,
     cross-entropy. `unmasked_weight` adds the same loss on unmasked frames (0 in the paper's best setting).
+    `encoder` changes the transformer's sizes from those of `size` (`--model.encoder.num_hidden_layers 6`).
     Logs `train/loss` and the masked-prediction accuracy `train/accuracy_masked`; `fit` ends by writing the
     encoder to `<run>/upstream/` (transformers format, loadable as `hf:<run>/upstream`)."""
 
     def __init__(
         self,
         size: str = "tiny",
-        model: dict[str, Any] | None = None,
+        encoder: EncoderSize = EncoderSize(),  # noqa: B008 -- frozen, so one shared default is safe
         num_clusters: int = 100,
         mask_prob: float = 0.8,
         mask_length: int = 10,
@@ -50,12 +70,14 @@ class HubertPretrainModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)} (or override fields with `model`)")
+            raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)} (or change sizes with `encoder`)")
+        encoder = as_config(EncoderSize, encoder, "pre-training", "encoder")
         self.save_hyperparameters()
+        self.hparams["encoder"] = asdict(encoder)  # plain, so checkpoints load with weights_only=True
         # The model keeps its learnt mask embedding only with mask_time_prob > 0; our span masks are always passed in
         # (`mask_time_indices`), so transformers never draws its own. No LayerDrop in so short a training.
         fields = {**SIZES[size], "mask_time_prob": mask_prob, "mask_time_length": mask_length,
-                  "mask_feature_prob": 0.0, "layerdrop": 0.0, **(model or {})}  # fmt: skip
+                  "mask_feature_prob": 0.0, "layerdrop": 0.0, **encoder.overrides()}  # fmt: skip
         self.hubert = HubertModel(HubertConfig(**fields))
         self.normalize = self.hubert.config.feat_extract_norm == "layer"  # as HFUpstream reads such a model
         self.projection = nn.Linear(self.hubert.config.hidden_size, final_dim)

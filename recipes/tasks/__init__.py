@@ -2,7 +2,7 @@
 LightningModule serves them all. `TASKS` maps names to classes; LightningCLI configs name the class path
 (`recipes.tasks.EmotionTask`, or the defining module's path, which names the same class)."""
 
-from .asd import AnomalyEvaluator, AsdTask, AuxiliaryAccuracyEvaluator, asd_class
+from .asd import ASD_EMBEDDINGS, AnomalyEvaluator, AsdTask, AuxiliaryAccuracyEvaluator, asd_class
 from .asr import AsrTask, TranscriptionEvaluator, ctc_frames_needed
 from .base import (
     TASKS,
@@ -16,6 +16,7 @@ from .base import (
     register_task,
     speakers_from_data,
     task_class,
+    task_from_config,
 )
 from .classification import (
     AccuracyEvaluator,
@@ -27,6 +28,7 @@ from .classification import (
 from .verification import SpeakerVerificationTask, VerificationEvaluator
 
 __all__ = [
+    "ASD_EMBEDDINGS",
     "TASKS",
     "AccuracyEvaluator",
     "AnomalyEvaluator",
@@ -52,4 +54,5 @@ __all__ = [
     "register_task",
     "speakers_from_data",
     "task_class",
+    "task_from_config",
 ]

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from downstream.asd import (
+    SCORERS,
     FeatExHead,
     FeatExOutput,
+    KMeansConfig,
+    KnnConfig,
     PooledEmbedding,
     SpectrumEmbedding,
     build_scorer,
-    featex_targets,
     gamma_threshold,
 )
 from downstream.embedding import EmbeddingHead, EmbeddingOutput
 from downstream.losses import build_loss
 from downstream.metrics import dcase_scores
+from upstream.names import Registry, as_config
 
 from ..data import Manifest, ManifestError, read_manifest
 from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, register_task
@@ -84,7 +89,7 @@ class AnomalyEvaluator(Evaluator):
     def _fit(self, rows: list[int], entries: list[dict[str, Any]]) -> Any:
         source = [i for i in rows if entries[i].get("domain") != "target"]
         target = [i for i in rows if entries[i].get("domain") == "target"]
-        scorer = build_scorer(self.task.scorer, **self.task.scorer_options)
+        scorer = build_scorer(self.task.scorer, **asdict(self.task.scorer_config))
         return scorer.fit(self.reference[source], self.reference[target] if target else None)
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
@@ -143,56 +148,84 @@ class AnomalyEvaluator(Evaluator):
         return written
 
 
+# How AsdTask embeds a clip: `embedding` -> a builder of the head from the task and the interface's width.
+ASD_EMBEDDINGS: Registry[nn.Module] = Registry("asd embedding")
+
+
+@ASD_EMBEDDINGS.register("trained")
+def trained_embedding(task: AsdTask, input_size: int) -> nn.Module:
+    """A pooled `embedding_size` projection trained through the auxiliary classifier."""
+    extractor = PooledEmbedding(input_size, task.embedding_size, task.pooling)
+    return EmbeddingHead(extractor, *task.auxiliary_loss(extractor.embedding_size, len(task.classes)))
+
+
+@ASD_EMBEDDINGS.register("featex")
+def featex_embedding(task: AsdTask, input_size: int) -> nn.Module:
+    """Feature exchange: half the embedding from the pooled features, half from the spectrum; twice the classes."""
+    half = task.embedding_size // 2
+    branches = PooledEmbedding(input_size, half, task.pooling), SpectrumEmbedding(task.embedding_size - half)
+    loss = task.auxiliary_loss(task.embedding_size, 2 * len(task.classes))
+    return FeatExHead(*branches, *loss, task.exchange_probability)
+
+
+@ASD_EMBEDDINGS.register("frozen")
+def frozen_embedding(task: AsdTask, input_size: int) -> nn.Module:
+    """The pooled interface features themselves: no parameters, nothing to train."""
+    return PooledEmbedding(input_size, embedding_size=0, pooling=task.pooling)
+
+
 @register_task
+@dataclass(eq=False)
 class AsdTask(Task):
     """First-shot unsupervised anomalous sound detection (DCASE 2023 Task 2 style) on SSL features.
 
-    `head: embedding` trains a pooled 256-d embedding on normal training clips through an auxiliary AAM
-    classifier of machine + section + attributes (`classes`, from the training manifest when unset); `head: none`
-    is the frozen-embedding baseline (the pooled interface features, no training: `strata test` needs no
-    checkpoint). At test the training clips are embedded and each test clip is scored against those of its
-    machine and section by `scorer` (knn: cosine distance to the nearest source and target clips, the smaller;
-    kmeans: 16 source centres plus every target clip). Validation reports the auxiliary accuracy on normal clips.
-    `featex: true` trains with feature exchange (`downstream.asd.FeatExHead`): half the embedding from the pooled
-    features, half from the clip's magnitude spectrum, the halves of clips swapped with `exchange_probability`.
-    Unlabelled test clips (DCASE evaluation data before its ground truth) are scored without metrics.
+    `embedding` says how a clip is embedded (`ASD_EMBEDDINGS`):
+    - `trained`: a pooled `embedding_size` (256) projection trained on normal training clips through an auxiliary
+      classifier (`loss_type`, AAM by default) of machine + section + attributes (`classes`, from the training
+      manifest when unset);
+    - `featex`: the same trained with feature exchange (`downstream.asd.FeatExHead`): half the embedding from the
+      pooled features, half from the clip's magnitude spectrum, the halves of clips swapped with
+      `exchange_probability`;
+    - `frozen`: the pooled interface features, no training (`strata test` needs no checkpoint): the baseline.
+    At test the training clips are embedded and each test clip is scored against those of its machine and section
+    by `scorer` (knn: cosine distance to the nearest source and target clips, the smaller; kmeans: 16 source
+    centres plus every target clip), with the options in the field of the same name (`knn`, `kmeans`).
+    Validation reports the auxiliary accuracy on normal clips. Unlabelled test clips (DCASE evaluation data before
+    its ground truth) are scored without metrics.
     """
 
     name = "asd"
     fields = {"machine": str, "section": str, "attributes": dict}
     monitor = "accuracy"
 
-    def __init__(
-        self,
-        classes: list[str] | None = None,
-        head: str = "embedding",
-        embedding_size: int = 256,
-        pooling: str = "mean_std",
-        loss_type: str = "aam",
-        margin: float = 0.2,
-        scale: float = 30.0,
-        scorer: str = "knn",
-        scorer_options: dict[str, Any] | None = None,
-        decision_percentile: float = 0.9,
-        featex: bool = False,
-        exchange_probability: float = 0.5,
-    ) -> None:
-        if head not in ("embedding", "none"):
-            raise ValueError(f"head must be embedding or none (the frozen-embedding baseline), got {head!r}")
-        self.classes = list(classes or [])
-        self.head, self.embedding_size, self.pooling = head, embedding_size, pooling
-        self.loss_type, self.margin, self.scale = loss_type, margin, scale
-        self.scorer, self.scorer_options = scorer, dict(scorer_options or {})
-        build_scorer(scorer, **self.scorer_options)  # an unknown scorer or option fails now
-        self.decision_percentile = decision_percentile
-        if featex and head == "none":
-            raise ValueError("featex trains the embedding; it does not apply to the frozen baseline (head: none)")
-        self.featex, self.exchange_probability = featex, exchange_probability
-        self._criterion: nn.Module | None = None
+    classes: list[str] | None = None
+    embedding: Literal["trained", "featex", "frozen"] = "trained"
+    embedding_size: int = 256
+    pooling: str = "mean_std"
+    loss_type: str = "aam"
+    margin: float = 0.2
+    scale: float = 30.0
+    exchange_probability: float = 0.5
+    scorer: Literal["knn", "kmeans"] = "knn"
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    decision_percentile: float = 0.9
+
+    def __post_init__(self) -> None:
+        self.classes = list(self.classes or [])
+        ASD_EMBEDDINGS[self.embedding]  # an unknown choice fails now, naming the valid ones
+        self.knn = as_config(KnnConfig, self.knn, SCORERS.kind, "knn")
+        self.kmeans = as_config(KMeansConfig, self.kmeans, SCORERS.kind, "kmeans")
+        build_scorer(self.scorer, **asdict(self.scorer_config))  # an unknown scorer or a bad option fails now
+
+    @property
+    def scorer_config(self) -> KnnConfig | KMeansConfig:
+        """The options of the chosen scorer."""
+        return {"knn": self.knn, "kmeans": self.kmeans}[self.scorer]
 
     @classmethod
     def trains(cls, init_args: dict[str, Any]) -> bool:
-        return init_args.get("head", "embedding") != "none"
+        return init_args.get("embedding", "trained") != "frozen"
 
     @classmethod
     def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
@@ -220,7 +253,7 @@ class AsdTask(Task):
         if split == "test":
             ground_truth_given(manifest)  # a half-labelled test manifest fails at load, not after scoring
             return None
-        if self.head == "none":
+        if self.embedding == "frozen":  # nothing trains, so no auxiliary classes
             return None
         index = {label: i for i, label in enumerate(self.classes)}
         targets = []
@@ -235,25 +268,14 @@ class AsdTask(Task):
     def test_reference_split(self) -> str:
         return "train"
 
-    def build_head(self, input_size: int) -> nn.Module:
-        if self.head == "none":
-            return PooledEmbedding(input_size, embedding_size=0, pooling=self.pooling)
+    def auxiliary_loss(self, embedding_size: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+        """The auxiliary (classifier, criterion) pair on `embedding_size`-d embeddings (`loss_type`)."""
         options = {"margin": self.margin, "scale": self.scale} if self.loss_type == "aam" else {}
-        if self.featex:  # half the embedding from the features, half from the spectrum; twice the classes
-            half = self.embedding_size // 2
-            branches = PooledEmbedding(input_size, half, self.pooling), SpectrumEmbedding(self.embedding_size - half)
-            classifier, self._criterion = build_loss(
-                self.loss_type, self.embedding_size, 2 * len(self.classes), **options
-            )
-            return FeatExHead(*branches, classifier, self.exchange_probability)
-        extractor = PooledEmbedding(input_size, self.embedding_size, self.pooling)
-        classifier, self._criterion = build_loss(self.loss_type, extractor.embedding_size, len(self.classes), **options)
-        return EmbeddingHead(extractor, classifier)
+        return build_loss(self.loss_type, embedding_size, num_classes, **options)
 
-    def loss(self, outputs: EmbeddingOutput | FeatExOutput, targets: torch.Tensor) -> torch.Tensor:
-        if isinstance(outputs, FeatExOutput):
-            targets = featex_targets(targets, outputs.partners, len(self.classes))
-        return self._criterion(outputs.logits, targets)
+    def build_head(self, input_size: int) -> nn.Module:
+        build: Callable[[AsdTask, int], nn.Module] = ASD_EMBEDDINGS[self.embedding]
+        return build(self, input_size)
 
     def evaluator(self, split: SplitData) -> Evaluator:
         if split.name == "test":

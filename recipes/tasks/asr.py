@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -31,11 +32,11 @@ class TranscriptionEvaluator(Evaluator):
     def update(self, outputs: CTCOutput, batch: dict[str, Any]) -> None:
         log_probs, lengths = outputs.log_probs.detach().float().cpu(), outputs.lengths.cpu()
         indices = batch["indices"].tolist()
-        greedy = [self.task.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+        greedy = [self.task.text_tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
         self.greedy.update(zip(indices, greedy, strict=True))
         if self.beam:
             best = self.task.beam_decoder.decode(log_probs, lengths)
-            self.hypotheses.update(zip(indices, (self.task.tokenizer.decode(ids) for ids in best), strict=True))
+            self.hypotheses.update(zip(indices, (self.task.text_tokenizer.decode(ids) for ids in best), strict=True))
         else:
             self.hypotheses.update(zip(indices, greedy, strict=True))
 
@@ -81,6 +82,7 @@ class TranscriptionEvaluator(Evaluator):
 
 
 @register_task
+@dataclass(eq=False)
 class AsrTask(Task):
     """Speech recognition as SUPERB defines it: a BiLSTM CTC head on the interface features, sentencepiece tokens
     (blank = id 0), SpecAugment-style masking while training; greedy WER for validation, greedy or beam search
@@ -96,61 +98,52 @@ class AsrTask(Task):
     fields = {"text": str}
     monitor = "WER"
     monitor_mode = "min"
-    config_attributes = {"tokenizer": "tokenizer_path"}
 
-    def __init__(
-        self,
-        tokenizer: str | None = None,
-        token_type: str = "char",
-        vocab_size: int | None = None,
-        normalizer: str = "letters_apostrophes",
-        projection_size: int = 0,
-        hidden_size: int = 1024,
-        num_layers: int = 2,
-        dropout: float = 0.2,
-        time_masks: int = 2,
-        time_width: float = 0.05,
-        feature_masks: int = 2,
-        feature_width: float = 0.1,
-        decoder: str = "greedy",
-        beam_size: int = 50,
-        lm: str | None = None,
-        lexicon: str | None = None,
-        lm_weight: float = 2.0,
-        word_score: float = 0.0,
-    ) -> None:
-        if decoder not in ("greedy", "beam"):
-            raise ValueError(f"decoder must be greedy or beam, got {decoder!r}")
-        self.tokenizer_path = tokenizer
-        self.token_type, self.vocab_size, self.normalizer = token_type, vocab_size, normalizer
-        self.projection_size, self.hidden_size, self.num_layers, self.dropout = (
-            projection_size, hidden_size, num_layers, dropout
-        )  # fmt: skip
-        self.time_masks, self.time_width = time_masks, time_width
-        self.feature_masks, self.feature_width = feature_masks, feature_width
-        self.decoder, self.beam_size = decoder, beam_size
-        self.lm, self.lexicon, self.lm_weight, self.word_score = lm, lexicon, lm_weight, word_score
-        self._tokenizer: Tokenizer | None = None
+    tokenizer: str | None = None
+    token_type: str = "char"
+    vocab_size: int | None = None
+    normalizer: str = "letters_apostrophes"
+    projection_size: int = 0
+    hidden_size: int = 1024
+    num_layers: int = 2
+    dropout: float = 0.2
+    time_masks: int = 2
+    time_width: float = 0.05
+    feature_masks: int = 2
+    feature_width: float = 0.1
+    decoder: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = 50
+    lm: str | None = None
+    lexicon: str | None = None
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder must be greedy or beam, got {self.decoder!r}")
+        # Loaded from the files the fields name, on first use.
+        self._text_tokenizer: Tokenizer | None = None
         self._beam_decoder: BeamSearchDecoder | None = None
-        if decoder == "beam" and tokenizer is not None:
+        if self.decoder == "beam" and self.tokenizer is not None:
             self.beam_decoder  # noqa: B018 -- a missing flashlight-text is an error now, not after training
 
     @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            if self.tokenizer_path is None:
+    def text_tokenizer(self) -> Tokenizer:
+        """The sentencepiece model at `tokenizer`."""
+        if self._text_tokenizer is None:
+            if self.tokenizer is None:
                 raise ValueError(
                     "the asr task has no tokenizer: pass --model.task.init_args.tokenizer PATH "
                     "(`strata tokenizer` makes one), or run `strata fit`, which trains one from --data.train"
                 )
-            self._tokenizer = Tokenizer(self.tokenizer_path)
-        return self._tokenizer
+            self._text_tokenizer = Tokenizer(self.tokenizer)
+        return self._text_tokenizer
 
     @property
     def beam_decoder(self) -> BeamSearchDecoder:
         if self._beam_decoder is None:
             self._beam_decoder = BeamSearchDecoder(
-                self.tokenizer.tokens,
+                self.text_tokenizer.tokens,
                 beam_size=self.beam_size,
                 lm=self.lm,
                 lexicon=self.lexicon,
@@ -185,7 +178,7 @@ class AsrTask(Task):
 
     def _labels(self, entry: dict[str, Any]) -> tuple[str, list[int]]:
         text = self.normalize(entry["text"])
-        return text, self.tokenizer.encode(text)
+        return text, self.text_tokenizer.encode(text)
 
     def drop(self, manifest: Manifest, split: str, frame_rate: float) -> dict[int, str]:
         dropped = {}
@@ -195,7 +188,7 @@ class AsrTask(Task):
                 dropped[i] = "empty transcript"
             elif split != "train":
                 continue  # scored as they are: what the model cannot spell counts as errors
-            elif self.tokenizer.unknown_characters(text):
+            elif self.text_tokenizer.unknown_characters(text):
                 dropped[i] = "characters outside the tokenizer"
             elif int(entry["duration"] * frame_rate) < ctc_frames_needed(ids):
                 dropped[i] = "fewer frames than CTC needs for the transcript"
@@ -214,20 +207,8 @@ class AsrTask(Task):
     def build_head(self, input_size: int) -> nn.Module:
         augment = SpecAugment(self.time_masks, self.time_width, self.feature_masks, self.feature_width)
         config = CTCHeadConfig(self.projection_size, self.hidden_size, self.num_layers, self.dropout)
-        return AsrHead(augment, CTCHead(input_size, self.tokenizer.vocab_size, config))
-
-    def loss(self, outputs: CTCOutput, targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        labels, label_lengths = targets
-        # zero_infinity: an utterance CTC cannot align (kept in valid/test) adds nothing instead of inf.
-        return nn.functional.ctc_loss(
-            outputs.log_probs.transpose(0, 1).float(),
-            labels,
-            outputs.lengths,
-            label_lengths,
-            blank=self.tokenizer.blank_id,
-            reduction="mean",
-            zero_infinity=True,
-        )
+        tokens = self.text_tokenizer
+        return AsrHead(augment, CTCHead(input_size, tokens.vocab_size, config), blank_id=tokens.blank_id)
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return TranscriptionEvaluator(self, split, beam=self.decoder == "beam" and split.name == "test")

@@ -1,10 +1,10 @@
 """The task interface: what differs between downstream problems (labels, head, loss, metrics, test outputs), so
 that one LightningModule serves them all; the registry, and helpers the tasks share."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: a task dataclass's type hints are evaluated in its own module
+# (jsonargparse, `typing.get_type_hints`), where the names in Task's annotations (ClassVar, ...) may be missing.
+import dataclasses
 import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from upstream.names import Registry
+from upstream.names import Registry, check_options
 
 from ..data import Manifest, ManifestError, read_manifest
 from ..trials import Trials
@@ -22,10 +22,10 @@ from ..trials import Trials
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 # Task names -> classes, for listings and errors; configs name a task by its class path (`task_class`).
-TASKS: Registry[Task] = Registry("task")
+TASKS: Registry["Task"] = Registry("task")
 
 
-def register_task(cls: type[Task]) -> type[Task]:
+def register_task(cls: type["Task"]) -> type["Task"]:
     return TASKS.register(cls.name)(cls)
 
 
@@ -48,7 +48,7 @@ def public_class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def task_class(class_path: str) -> type[Task]:
+def task_class(class_path: str) -> type["Task"]:
     """The task class a config names (`recipes.tasks.EmotionTask`)."""
     module, _, name = class_path.rpartition(".")
     try:
@@ -59,6 +59,15 @@ def task_class(class_path: str) -> type[Task]:
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise ValueError(f"{class_path!r} is not a recipes.tasks.Task")
     return cls
+
+
+def task_from_config(config: dict[str, Any]) -> "Task":
+    """The task a `Task.config()` (a checkpoint's `hyper_parameters["task"]`) describes; an init argument the task
+    does not take (e.g. from an older strata) is a `ValueError` naming those it does."""
+    cls = task_class(config["class_path"])
+    init_args = config.get("init_args") or {}
+    check_options("task", cls.name, init_args, [field.name for field in dataclasses.fields(cls)])
+    return cls(**init_args)
 
 
 class Evaluator:
@@ -90,16 +99,15 @@ class Evaluator:
 
 
 class Task:
-    """One downstream problem. Subclasses keep their `__init__` arguments as attributes of the same name, so a
-    task can be written back into a config (`config()`)."""
+    """One downstream problem. Every concrete task is a dataclass: its fields are its typed init arguments (what
+    LightningCLI lists under `--model.task.help` and checks), its only state besides caches of files they name, so
+    `config()` is plain serialisation. The task builds the head; the head owns its loss (`head.loss`)."""
 
     name: ClassVar[str]
     fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}  # manifest fields the task reads, and their types
     monitor: ClassVar[str]  # the validation metric that picks the best checkpoint
     monitor_mode: ClassVar[str] = "max"
     uses_trials: ClassVar[bool] = False  # test scores pairs of utterances (`--data.trials`)
-    # init argument -> attribute holding it, where they differ
-    config_attributes: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def complete_config(
@@ -147,23 +155,17 @@ class Task:
         return None
 
     def build_head(self, input_size: int) -> nn.Module:
-        """The head on `[B, T, input_size]` interface features: `head(features, lengths) -> outputs`, and
-        `head.embed(features, lengths) -> [B, E]` for `strata embed`."""
-        raise NotImplementedError
-
-    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The head on `[B, T, input_size]` interface features: `head(features, lengths) -> outputs`,
+        `head.loss(outputs, targets) -> loss` for a head that trains, and `head.embed(features, lengths) -> [B, E]`
+        for `strata embed`."""
         raise NotImplementedError
 
     def evaluator(self, split: SplitData) -> Evaluator:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        """The task as LightningCLI writes it: class path and init arguments."""
-        parameters = inspect.signature(type(self).__init__).parameters
-        init_args = {
-            name: getattr(self, self.config_attributes.get(name, name)) for name in parameters if name != "self"
-        }
-        return {"class_path": public_class_path(type(self)), "init_args": init_args}
+        """The task as LightningCLI writes it: class path and init arguments (its fields, as plain data)."""
+        return {"class_path": public_class_path(type(self)), "init_args": dataclasses.asdict(self)}
 
 
 def encode_labels(manifest: Manifest, field: str, classes: list[str], unknown: str) -> list[int]:

@@ -1,7 +1,7 @@
 """Utterance classification: emotion recognition (UA / WA) and speaker identification (accuracy)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: see recipes/tasks/base.py.
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,7 +42,7 @@ class ClassificationEvaluator(Evaluator):
 
 class UtteranceClassificationTask(Task):
     """One label per utterance from the manifest's `label_field`, a pooled classifier (`UtteranceClassifier`
-    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`), cross-entropy."""
+    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`; its loss is cross-entropy)."""
 
     label_field: ClassVar[str]
 
@@ -68,11 +68,12 @@ class UtteranceClassificationTask(Task):
             dropout=self.dropout,
         )
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(outputs, targets)
+
+DEFAULT_EMOTIONS = ("neu", "hap", "ang", "sad")
 
 
 @register_task
+@dataclass(eq=False)
 class EmotionTask(UtteranceClassificationTask):
     """Utterance-level emotion classification (SUPERB ER): a pooled classifier over the `emotion` field.
 
@@ -85,21 +86,17 @@ class EmotionTask(UtteranceClassificationTask):
     fields = {"emotion": str}
     monitor = "UA"
 
-    def __init__(
-        self,
-        classes: list[str] | None = None,
-        projection_size: int = 256,
-        pooling: str = "mean",
-        hidden_sizes: list[int] | None = None,
-        dropout: float = 0.0,
-    ) -> None:
-        self.classes = list(classes) if classes is not None else ["neu", "hap", "ang", "sad"]
+    classes: list[str] | None = field(default_factory=lambda: list(DEFAULT_EMOTIONS))
+    projection_size: int = 256
+    pooling: str = "mean"
+    hidden_sizes: list[int] | None = field(default_factory=list)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.classes = list(self.classes) if self.classes is not None else list(DEFAULT_EMOTIONS)
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"emotion classes must be at least two distinct labels, got {self.classes}")
-        self.projection_size = projection_size
-        self.pooling = pooling
-        self.hidden_sizes = list(hidden_sizes or [])
-        self.dropout = dropout
+        self.hidden_sizes = list(self.hidden_sizes or [])
 
     @property
     def labels(self) -> list[str]:
@@ -129,6 +126,7 @@ class AccuracyEvaluator(ClassificationEvaluator):
 
 
 @register_task
+@dataclass(eq=False)
 class SpeakerIdTask(UtteranceClassificationTask):
     """Closed-set speaker identification (SUPERB SID): pooled classifier over the `speaker` field, accuracy.
 
@@ -142,25 +140,20 @@ class SpeakerIdTask(UtteranceClassificationTask):
     fields = {"speaker": str}
     monitor = "accuracy"
 
-    def __init__(
-        self,
-        speakers: list[str] | None = None,
-        projection_size: int = 256,
-        pooling: str = "mean",
-        hidden_sizes: list[int] | None = None,
-        dropout: float = 0.0,
-        crop_seconds: float | None = None,
-    ) -> None:
-        self.speakers = list(speakers or [])
+    speakers: list[str] | None = None
+    projection_size: int = 256
+    pooling: str = "mean"
+    hidden_sizes: list[int] | None = field(default_factory=list)
+    dropout: float = 0.0
+    crop_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        self.speakers = list(self.speakers or [])
         if len(set(self.speakers)) != len(self.speakers):
             raise ValueError("speaker_id speakers must be distinct")
-        if crop_seconds is not None and crop_seconds <= 0:
-            raise ValueError(f"crop_seconds must be positive or unset, got {crop_seconds}")
-        self.projection_size = projection_size
-        self.pooling = pooling
-        self.hidden_sizes = list(hidden_sizes or [])
-        self.dropout = dropout
-        self.crop_seconds = crop_seconds
+        if self.crop_seconds is not None and self.crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive or unset, got {self.crop_seconds}")
+        self.hidden_sizes = list(self.hidden_sizes or [])
 
     @property
     def train_crop_seconds(self) -> float | None:

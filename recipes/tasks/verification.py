@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,7 +12,8 @@ from torch import nn
 from downstream.embedding import EmbeddingHead, EmbeddingOutput
 from downstream.losses import build_loss
 from downstream.metrics import eer, min_dcf
-from downstream.speaker import build_extractor, cosine_scores
+from downstream.speaker import EXTRACTORS, EcapaConfig, XVectorConfig, cosine_scores
+from upstream.names import as_config
 
 from ..data import Manifest
 from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
@@ -76,15 +78,17 @@ class VerificationEvaluator(Evaluator):
 
 
 @register_task
+@dataclass(eq=False)
 class SpeakerVerificationTask(Task):
     """Speaker verification as the speaker-recognition community runs it: an embedding extractor (ECAPA-TDNN or
     x-vector) trained on random `crop_seconds` crops to classify the training speakers with an additive angular
     margin (AAM) softmax; valid and test embed whole utterances and score trials by cosine similarity.
 
-    Validation scores `--data.valid_trials`, or balanced trials drawn from the valid manifest's speakers; test
-    scores `--data.trials`. `speakers` (the training classes) come from the training manifest when unset.
-    `subtract_mean` makes the test subtract the mean embedding of the training set (its crops, embedded once
-    more with the trained model; `--data.train` must be given) before cosine scoring.
+    `extractor` picks the extractor; its sizes are the matching field, `ecapa` (`downstream.speaker.EcapaConfig`)
+    or `xvector` (`XVectorConfig`). Validation scores `--data.valid_trials`, or balanced trials drawn from the valid
+    manifest's speakers; test scores `--data.trials`. `speakers` (the training classes) come from the training
+    manifest when unset. `subtract_mean` makes the test subtract the mean embedding of the training set (its crops,
+    embedded once more with the trained model; `--data.train` must be given) before cosine scoring.
     """
 
     name = "speaker_verification"
@@ -93,29 +97,30 @@ class SpeakerVerificationTask(Task):
     monitor_mode = "min"
     uses_trials = True
 
-    def __init__(
-        self,
-        speakers: list[str] | None = None,
-        extractor: str = "ecapa",
-        extractor_options: dict[str, Any] | None = None,
-        loss_type: str = "aam",
-        margin: float = 0.2,
-        scale: float = 30.0,
-        crop_seconds: float = 3.0,
-        subtract_mean: bool = False,
-    ) -> None:
-        self.speakers = list(speakers or [])
+    speakers: list[str] | None = None
+    extractor: Literal["ecapa", "xvector"] = "ecapa"
+    ecapa: EcapaConfig = field(default_factory=EcapaConfig)
+    xvector: XVectorConfig = field(default_factory=XVectorConfig)
+    loss_type: str = "aam"
+    margin: float = 0.2
+    scale: float = 30.0
+    crop_seconds: float = 3.0
+    subtract_mean: bool = False
+
+    def __post_init__(self) -> None:
+        self.speakers = list(self.speakers or [])
         if len(set(self.speakers)) != len(self.speakers):
             raise ValueError("speaker_verification speakers must be distinct")
-        self.subtract_mean = subtract_mean
-        if crop_seconds <= 0:
-            raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
-        self.extractor = extractor
-        self.extractor_options = dict(extractor_options or {})
-        self.loss_type = loss_type
-        self.margin, self.scale = margin, scale
-        self.crop_seconds = crop_seconds
-        self._criterion: nn.Module | None = None
+        if self.crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive, got {self.crop_seconds}")
+        EXTRACTORS[self.extractor]  # an unknown extractor fails now, naming the valid ones
+        self.ecapa = as_config(EcapaConfig, self.ecapa, EXTRACTORS.kind, "ecapa")
+        self.xvector = as_config(XVectorConfig, self.xvector, EXTRACTORS.kind, "xvector")
+
+    @property
+    def extractor_config(self) -> EcapaConfig | XVectorConfig:
+        """The sizes of the chosen extractor."""
+        return {"ecapa": self.ecapa, "xvector": self.xvector}[self.extractor]
 
     @property
     def loss_options(self) -> dict[str, float]:
@@ -145,14 +150,9 @@ class SpeakerVerificationTask(Task):
         return "train" if self.subtract_mean else None
 
     def build_head(self, input_size: int) -> nn.Module:
-        extractor = build_extractor(self.extractor, input_size, **self.extractor_options)
-        classifier, self._criterion = build_loss(
-            self.loss_type, extractor.embedding_size, len(self.speakers), **self.loss_options
-        )
-        return EmbeddingHead(extractor, classifier)
-
-    def loss(self, outputs: EmbeddingOutput, targets: torch.Tensor) -> torch.Tensor:
-        return self._criterion(outputs.logits, targets)
+        extractor = EXTRACTORS[self.extractor](input_size, self.extractor_config)
+        loss = build_loss(self.loss_type, extractor.embedding_size, len(self.speakers), **self.loss_options)
+        return EmbeddingHead(extractor, *loss)
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return VerificationEvaluator(split)
