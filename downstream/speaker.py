@@ -100,9 +100,9 @@ class EcapaConfig:
     eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        # `aggregation_channels` stays None when unset (resolved by `aggregation_size`): a config parser that starts
+        # from the default instance and overrides `channels` must not inherit the default C's 1536.
         self.kernel_sizes, self.dilations = tuple(self.kernel_sizes), tuple(self.dilations)
-        if self.aggregation_channels is None:
-            self.aggregation_channels = (len(self.kernel_sizes) - 2) * self.channels
         _check_layers(self.kernel_sizes, self.dilations)
         if len(self.kernel_sizes) < 3:
             raise ValueError(
@@ -111,12 +111,19 @@ class EcapaConfig:
             )
         _positive(
             "channels, embedding_size, se_channels, attention_channels and aggregation_channels",
-            (self.channels, self.embedding_size, self.se_channels, self.attention_channels, self.aggregation_channels),
+            (self.channels, self.embedding_size, self.se_channels, self.attention_channels, self.aggregation_size),
         )
         if self.res2net_scale < 2 or self.channels % self.res2net_scale:
             raise ValueError(
                 f"res2net_scale must be >= 2 and divide channels={self.channels}; got {self.res2net_scale}"
             )
+
+    @property
+    def aggregation_size(self) -> int:
+        """`aggregation_channels`, or blocks * C when unset."""
+        if self.aggregation_channels is None:
+            return (len(self.kernel_sizes) - 2) * self.channels
+        return self.aggregation_channels
 
 
 class TdnnBlock(nn.Module):
@@ -289,7 +296,7 @@ class EcapaTdnn(SpeakerExtractor):
             SERes2Block(channels, kernel, dilation, config.res2net_scale, config.se_channels)
             for kernel, dilation in zip(config.kernel_sizes[1:-1], config.dilations[1:-1], strict=True)
         )
-        aggregated = config.aggregation_channels
+        aggregated = config.aggregation_size
         self.aggregation = TdnnBlock(
             len(self.blocks) * channels, aggregated, config.kernel_sizes[-1], config.dilations[-1]
         )

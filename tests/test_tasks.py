@@ -1,14 +1,17 @@
 """Tasks as typed configs: plain serialisation, heads that own their loss, ASD's embedding choice, typed options."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from downstream.asd import FeatExHead, FeatExOutput, PooledEmbedding, SpectrumEmbedding, featex_targets
 from downstream.classifier import UtteranceClassifier
 from downstream.embedding import EmbeddingHead
 from downstream.losses import AAMSoftmaxLoss, SoftmaxLoss
-from downstream.speaker import XVector
+from downstream.speaker import EcapaConfig, XVector
 from recipes.cli import main
 from recipes.tasks import (
     TASKS,
@@ -177,3 +180,17 @@ def test_fit_help_lists_the_interface_options(capsys):
     for option in ("name", "layer", "normalize", "output_size"):
         assert f"--model.interface.{option}" in out
     assert "--model.upstream.trainable" in out and "Unvalidated" not in out
+
+
+def test_a_config_that_sets_ecapa_channels_aggregates_to_its_own_blocks_times_channels(capsys):
+    # jsonargparse starts a nested config from the default instance: a size derived from the default C (1536)
+    # must not survive a config that sets C = 128 (it tripled the mini ECAPA and its training time).
+    config = Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "speaker_verification.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    ecapa = yaml.safe_load(capsys.readouterr().out)["model"]["task"]["init_args"]["ecapa"]
+    assert ecapa["channels"] == 128 and ecapa["aggregation_channels"] is None
+    extractor = SpeakerVerificationTask(speakers=["a", "b"], ecapa=ecapa).build_head(80).extractor
+    assert EcapaConfig(**ecapa).aggregation_size == 384
+    assert sum(p.numel() for p in extractor.parameters()) < 1.0e6  # 0.63M with 384; 1.8M with 1536
