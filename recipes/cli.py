@@ -29,16 +29,32 @@ def environment(args: argparse.Namespace) -> None:
         sys.exit(code)
 
 
-@command("upstreams", "list the upstream presets: layers, hidden size, frame rate and source")
+@command("upstreams", "list the upstream presets by family: layers, hidden size, frame rate and source")
 def list_presets(args: argparse.Namespace) -> None:
-    from upstream import PRESETS
+    from upstream.registry import ENTRY_POINT_GROUP, load_entry_points, presets
 
-    rows = [
-        [name, p.num_layers - 1, p.num_layers, p.hidden_size, f"{p.frame_rate:g} Hz", p.source]
-        for name, p in sorted(PRESETS.items())
-    ]
-    print(markdown_table(["upstream", "layers", "hidden states", "hidden size", "frame rate", "source"], rows))
-    print("\nAlso: hf:<hub id or directory>, torchaudio:<bundle, builder or directory>, or a local directory.")
+    broken = load_entry_points()
+    families: dict[str, list] = {}
+    for name, p in sorted(presets().items()):
+        known = p.num_layers > 0  # an entry point's bare factory: sizes known once built
+        families.setdefault(p.family, []).append([
+            name,
+            p.num_layers - 1 if known else "?",
+            p.num_layers if known else "?",
+            p.hidden_size if known else "?",
+            f"{p.frame_rate:g} Hz" if known else "?",
+            p.source,
+        ])  # fmt: skip
+    for family, rows in sorted(families.items()):
+        print(f"\n## {family}\n")
+        print(markdown_table(["upstream", "layers", "hidden states", "hidden size", "frame rate", "source"], rows))
+    print(
+        "\nAlso: hf:<hub id or directory>, torchaudio:<bundle, builder or directory>, package.module:factory (your "
+        f"own model), or a local directory. Installed packages add presets through the {ENTRY_POINT_GROUP!r} "
+        "entry points."
+    )
+    for _, why in sorted(broken.items()):
+        print(f"note: {why}", file=sys.stderr)
 
 
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:

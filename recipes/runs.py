@@ -19,7 +19,12 @@ def _component(text: str) -> str:
 
 
 def upstream_name(upstream: str) -> str:
-    """`hf:/models/my-hubert` -> `my-hubert`, `torchaudio:hubert_base` -> `hubert_base`: the model, not its source."""
+    """`hf:/models/my-hubert` -> `my-hubert`, `torchaudio:hubert_base` -> `hubert_base`: the model, not its source.
+
+    A factory in a dotted module, `mypkg.encoder:build`, keeps both (`mypkg.encoder.build`): factories are often all
+    called `build`."""
+    if re.fullmatch(r"\w+(\.\w+)+:[\w.]+", upstream):
+        return _component(upstream.replace(":", "."))
     base = Path(upstream.split(":", 1)[-1].rstrip("/")).name or upstream
     return _component(base)
 

@@ -22,6 +22,17 @@ def test_upstreams_lists_every_preset_with_its_sizes(capsys):
     assert "facebook/hubert-base-ls960" in out
 
 
+def test_upstreams_groups_presets_by_family(capsys):
+    assert main(["upstreams"]) == 0
+    sections = {
+        part.split("\n", 1)[0]: part for part in capsys.readouterr().out.split("\n## ")[1:]
+    }  # family -> its table
+    for name, preset in PRESETS.items():
+        assert f"| {name} " in sections[preset.family]
+    assert {"hubert", "wav2vec2", "wavlm", "surface"} <= set(sections)
+    assert "| tiny_hubert " in sections["hubert"] and "| fbank " in sections["surface"]
+
+
 def test_inspect_summarises_every_layer_of_a_tone(capsys):
     assert main(["inspect", "--upstream", "tiny_hubert"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "layer" not in line]

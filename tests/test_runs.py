@@ -31,6 +31,7 @@ def test_a_frozen_upstream_keeps_the_short_name_and_anything_else_is_spelled_out
         ("torchaudio:hubert_base", "hubert_base_hconv"),
         ("/data/models/pt2/upstream", "upstream_hconv"),
         ("fbank", "fbank_hconv"),
+        ("mypkg.encoder:build", "mypkg.encoder.build_hconv"),
     ],
 )
 def test_a_source_is_named_by_its_model_not_its_prefix_or_folders(upstream, name):

@@ -286,3 +286,16 @@ def test_models_with_a_length_changing_adapter_are_refused(tmp_path):
 def test_a_missing_local_directory_is_named_as_such():
     with pytest.raises(UpstreamLoadError, match="directory ./no/such/model does not exist"):
         build_upstream("hf:./no/such/model")
+
+
+def test_a_preset_without_a_family_gets_one_from_its_name_or_source():
+    from upstream.registry import Preset, preset_family
+
+    def family(name, source="", given=""):
+        return preset_family(name, Preset(lambda: None, source, 2, 4, 50.0, family=given))
+
+    assert family("hubert_large") == "hubert" and family("tiny_wavlm") == "wavlm"
+    assert family("my_ssl", "hf:someone/distilhubert") == "hubert"
+    assert family("whisper_base") == "whisper" and family("mms_300m") == "mms"
+    assert family("hubert_base", given="custom") == "custom"
+    assert PRESETS["wav2vec2_large"].family == "wav2vec2" and PRESETS["mfcc"].family == "surface"

@@ -1,13 +1,20 @@
-"""Names -> builders: presets (`hubert_base`, `tiny_wavlm`, `fbank`, ...) and source prefixes (`hf:`, `torchaudio:`)."""
+"""Names -> builders: presets (`hubert_base`, `tiny_wavlm`, `fbank`, ...), source prefixes (`hf:`, `torchaudio:`),
+`package.module:factory` for a model of one's own, and presets that installed packages add through the
+`strata.upstreams` entry-point group."""
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 
-from .base import Upstream
+from torch import nn
+
+from .base import Upstream, UpstreamLoadError
 from .hf import build_hf_upstream, build_tiny_upstream
 from .surface import Fbank, LogMel, Mfcc
 from .torchaudio_backend import build_torchaudio_upstream
@@ -22,6 +29,8 @@ class Preset:
     num_layers: int  # hidden states returned: transformer layers + 1
     hidden_size: int
     frame_rate: float  # frames per second
+    # What `strata upstreams` groups by; when empty, register_preset derives it from the name (see `preset_family`).
+    family: str = ""
 
 
 PRESETS: dict[str, Preset] = {}
@@ -33,10 +42,27 @@ SOURCES: dict[str, Callable[..., Upstream]] = {
 }
 
 
+# Checked in order against the preset's name, then its source; otherwise the name's first word is the family.
+FAMILY_KEYWORDS = ("wavlm", "hubert", "data2vec", "wav2vec2", "w2v_bert", "whisper")
+
+
+def preset_family(name: str, preset: Preset) -> str:
+    """`preset.family` if set, else a known family named in the preset's name or source (`hubert_large`,
+    `tiny_hubert` -> hubert), else the name's first word (`whisper_base` -> whisper)."""
+    if preset.family:
+        return preset.family
+    for text in (name, preset.source):
+        text = text.lower().replace("-", "_")
+        for keyword in FAMILY_KEYWORDS:
+            if keyword in text:
+                return keyword
+    return name.removeprefix("tiny_").split("_")[0]
+
+
 def register_preset(name: str, preset: Preset) -> None:
     if name in PRESETS:
         raise ValueError(f"upstream preset {name!r} is registered twice")
-    PRESETS[name] = preset
+    PRESETS[name] = replace(preset, family=preset_family(name, preset))
 
 
 def _hub(hub_id: str, layers: int, hidden: int) -> Preset:
@@ -61,34 +87,136 @@ for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec
         Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0),
     )
 
-register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0))
-register_preset("mfcc", Preset(Mfcc, "13 Kaldi MFCC + deltas, 25 ms / 10 ms", 1, 39, 100.0))
-register_preset("logmel", Preset(LogMel, "80 log-mel, Hann 25 ms / 10 ms", 1, 80, 100.0))
+register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0, family="surface"))
+register_preset("mfcc", Preset(Mfcc, "13 Kaldi MFCC + deltas, 25 ms / 10 ms", 1, 39, 100.0, family="surface"))
+register_preset("logmel", Preset(LogMel, "80 log-mel, Hann 25 ms / 10 ms", 1, 80, 100.0, family="surface"))
+
+
+# Presets of installed packages ---------------------------------------------------------------------------------------
+ENTRY_POINT_GROUP = "strata.upstreams"
+# Entry points that could not be added: name -> why (shown by `strata upstreams`, raised by build_upstream).
+ENTRY_POINT_ERRORS: dict[str, str] = {}
+_entry_points_loaded = False
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_entry_points() -> dict[str, str]:
+    """Add the presets of the `strata.upstreams` entry points, once; returns the ones that failed (name -> why).
+
+    Each entry point is named after its preset and points to a `Preset` or to a factory (called with
+    build_upstream's options; its sizes are listed as `?` until built). A broken one is recorded, never raised, so
+    one bad package cannot hide the others.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return ENTRY_POINT_ERRORS
+    _entry_points_loaded = True
+    for point in _entry_points():
+        package = getattr(point.dist, "name", None)
+        where = f"entry point {point.name!r} = {point.value!r}" + (f" of package {package}" if package else "")
+        if point.name in PRESETS:
+            ENTRY_POINT_ERRORS[point.name] = f"{where} is not added: a preset of that name exists"
+            continue
+        try:
+            target = point.load()
+        except Exception as error:  # noqa: BLE001 - whatever a third-party import raises, report it and go on
+            ENTRY_POINT_ERRORS[point.name] = f"{where} could not be loaded: {_one_line(error)}"
+            continue
+        if isinstance(target, Preset):
+            preset = target
+        elif callable(target):
+            preset = Preset(target, point.value, 0, 0, 0.0)  # sizes unknown until built
+        else:
+            ENTRY_POINT_ERRORS[point.name] = f"{where} is a {type(target).__name__}, not a Preset or a factory"
+            continue
+        register_preset(point.name, preset)
+    return ENTRY_POINT_ERRORS
+
+
+def presets() -> dict[str, Preset]:
+    """Every preset, those of installed packages' entry points included."""
+    load_entry_points()
+    return PRESETS
 
 
 def list_upstreams() -> list[str]:
-    return sorted(PRESETS)
+    return sorted(presets())
+
+
+# package.module:factory ---------------------------------------------------------------------------------------------
+_IDENTIFIERS = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+FACTORY_SOURCE = re.compile(rf"({_IDENTIFIERS}):({_IDENTIFIERS})")
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def build_from_factory(source: str, **options) -> Upstream:
+    """Import `package.module` and call its `factory(**options)` (an attribute path: `module:Class.create` works)."""
+    module_name, _, attribute = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - a user's module may raise anything on import
+        raise UpstreamLoadError(
+            f"upstream {source}: cannot import module {module_name} ({_one_line(error)}); install its package or "
+            "put its folder on PYTHONPATH"
+        ) from None
+    target = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UpstreamLoadError(
+                f"upstream {source}: module {module_name} ({getattr(module, '__file__', None) or 'no file'}) has no "
+                f"attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise ValueError(f"upstream {source}: {attribute} is a {type(target).__name__}, not a factory to call")
+    return target(**options)
+
+
+def _checked(name: str, built: object) -> Upstream:
+    if isinstance(built, Upstream):
+        return built
+    if isinstance(built, nn.Module):
+        raise ValueError(
+            f"upstream {name} returned a {type(built).__name__}, an nn.Module but not an upstream.Upstream: wrap a "
+            "module that returns per-layer states in upstream.custom.LayerwiseAdapter(module, sample_rate, ...)"
+        )
+    raise ValueError(f"upstream {name} returned a {type(built).__name__}, not an upstream.Upstream")
 
 
 def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False, **options) -> Upstream:
-    """Build an upstream from a preset name, `hf:<hub id or dir>`, `torchaudio:<bundle, builder or dir>` or a
-    local transformers directory.
+    """Build an upstream from a preset name, `hf:<hub id or dir>`, `torchaudio:<bundle, builder or dir>`,
+    `package.module:factory` (your own model: the factory returns an `Upstream`) or a local transformers directory.
+    A source prefix in `SOURCES` wins over a module of the same name.
 
     `trainable`: 'frozen' (no gradients, eval mode), 'all' or 'top:K'; the CNN is trained only with
     `train_cnn=True`. `options` go to the builder (e.g. `checkpoint=` for a torchaudio builder,
     `local_files_only=True` for a hub id).
     """
     prefix, sep, rest = name.partition(":")
+    if name not in PRESETS and not (sep and prefix in SOURCES):
+        load_entry_points()
     if name in PRESETS:
         builder = PRESETS[name].build
+    elif name in ENTRY_POINT_ERRORS:
+        raise UpstreamLoadError(f"upstream {name}: {ENTRY_POINT_ERRORS[name]}")
     elif sep and prefix in SOURCES:
         builder = partial(SOURCES[prefix], rest)
+    elif FACTORY_SOURCE.fullmatch(name):
+        builder = partial(build_from_factory, name)
     elif Path(name).is_dir():
         builder = partial(build_hf_upstream, name)
     else:
         raise ValueError(
             f"unknown upstream {name!r}: use a preset ({', '.join(list_upstreams())}), hf:<hub id or directory>, "
-            "torchaudio:<bundle or builder>, or a local transformers directory"
+            "torchaudio:<bundle or builder>, package.module:factory, or a local transformers directory"
         )
+    upstream = _checked(name, builder(**options))
     # Built in eval mode, as from_pretrained does; a trainer's .train() switches the trainable part on.
-    return builder(**options).set_trainable(trainable, train_cnn=train_cnn).eval()
+    return upstream.set_trainable(trainable, train_cnn=train_cnn).eval()
