@@ -3,6 +3,7 @@ inspect` and the feature cache), one-line errors for a bad factory, and presets 
 
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from recipes.cache import FeatureCache, extract
 from recipes.cli import main
 from recipes.data import write_jsonl
 from upstream import UpstreamLoadError, build_upstream, registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOY = '''
 import torch
@@ -184,3 +187,20 @@ def test_an_entry_point_adds_a_preset_that_strata_upstreams_lists_and_a_broken_o
     assert build_upstream("toy_factory", width=4).hidden_size == 4
     with pytest.raises(UpstreamLoadError, match="toy_missing.*No module named 'toy_plugin_gone'"):
         build_upstream("toy_missing")
+
+
+def test_strata_fit_trains_the_top_layer_of_an_adapted_module_and_tests_it(toy, mini_corpus, tmp_path):
+    run, corpus = tmp_path / "run", mini_corpus / "emotion"
+    assert main(["fit", "--config", str(ROOT / "egs" / "mini" / "conf" / "emotion.yaml"),
+                 "--model.upstream.name", f"{toy}:build", "--model.upstream.trainable", "top:1",
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
+                 "--data.train", str(corpus / "train.jsonl"),
+                 "--data.valid", str(corpus / "valid.jsonl")]) == 0  # fmt: skip
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    initial = build_upstream(f"{toy}:build").state_dict()  # the factory seeds its weights
+    changed = {k for k, v in initial.items() if not torch.equal(checkpoint["state_dict"][f"upstream.{k}"], v)}
+    assert changed == {"module.layers.1.weight", "module.layers.1.bias"}  # top:1; the CNN and layer 0 frozen
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "last",
+                 "--data.test", str(corpus / "test.jsonl")]) == 0  # fmt: skip
+    assert (run / "results.json").is_file()

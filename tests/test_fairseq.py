@@ -214,3 +214,17 @@ def test_a_fairseq_config_of_other_python_objects_needs_weights_only_false(tmp_p
         build_upstream(f"fairseq:{tmp_path / 'objects.pt'}")
     assert "\n" not in str(info.value)
     assert build_upstream(f"fairseq:{tmp_path / 'objects.pt'}", weights_only=False).num_layers == 3
+
+
+def test_a_fine_tuned_fairseq_checkpoint_loads_its_encoder_from_the_pre_training_config_inside(tmp_path, batch):
+    model = torchaudio_twin({}, wavlm=False)
+    weights = {f"w2v_encoder.w2v_model.{k}": v for k, v in fairseq_state_dict(model, False).items()}
+    weights |= {"w2v_encoder.w2v_model.mask_emb": torch.randn(64), "w2v_encoder.proj.weight": torch.randn(5, 64),
+                "w2v_encoder.proj.bias": torch.randn(5)}  # fmt: skip
+    inner = {"model": {"_name": "wav2vec2", **TINY_FAIRSEQ}, "task": {"normalize": False}}
+    cfg = {"model": {"_name": "wav2vec_ctc", "w2v_path": "/gone/wav2vec_small.pt", "w2v_args": inner}}
+    torch.save({"cfg": cfg, "model": weights}, tmp_path / "ctc.pt")
+    upstream = build_upstream(f"fairseq:{tmp_path / 'ctc.pt'}")
+    assert torch.equal(upstream.model.aux.weight, weights["w2v_encoder.proj.weight"])  # the CTC layer, unused
+    got, expected = upstream(*batch), TorchaudioUpstream(model, normalize=False)(*batch)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got.hidden_states, expected.hidden_states, strict=True))
