@@ -50,6 +50,19 @@ def build(width=16, with_layers=True):
                             layers=layers, cnn=[module.conv])
 
 
+class WithLengths(ThreeStates):
+    def __init__(self, offset):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, wavs, wav_lengths):
+        return super().forward(wavs, wav_lengths), (wav_lengths - 400) // 320 + 1 + self.offset
+
+
+def with_lengths(offset=0):
+    return LayerwiseAdapter(WithLengths(offset), downsample_rate=320, min_samples=400, hidden_size=16, num_layers=3)
+
+
 def plain():
     return ThreeStates()
 
@@ -140,6 +153,15 @@ def test_a_bad_factory_is_one_line_naming_the_source_and_the_problem(toy, capsys
     assert main(["inspect", "--upstream", source]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and source in err and says in err, err
+
+
+def test_lengths_a_module_returns_must_agree_with_the_adapters_frame_rule(toy):
+    wavs, lengths = torch.randn(2, 16000), torch.tensor([16000, 8000])
+    assert build_upstream(f"{toy}:with_lengths")(wavs, lengths).lengths.tolist() == [49, 24]
+    with pytest.raises(
+        ValueError, match=r"returned frame lengths \[50, 25\] but .* gives \[49, 24\]; pass frame_lengths="
+    ):
+        build_upstream(f"{toy}:with_lengths", offset=1)(wavs, lengths)
 
 
 def test_a_module_that_returns_the_wrong_states_is_told_what_the_adapter_expects(toy):

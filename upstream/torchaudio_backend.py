@@ -246,23 +246,28 @@ def _layer_list(text: str) -> list[tuple[int, int, int]]:
         raise ValueError(f"conv_feature_layers {text!r} is not a list of (dim, kernel, stride): {error}") from None
 
 
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    """A config section as a dict: fairseq stores plain dicts (hydra configs saved as containers) or, in older
+    checkpoints and in sections converted from them, an argparse.Namespace."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, argparse.Namespace):
+        return vars(value)
+    return None
+
+
 def fairseq_config(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model config, task config) of a fairseq checkpoint: `cfg['model']` and `cfg['task']` (hydra, fairseq >= 0.10),
     `args` (an argparse.Namespace, older ones) or a flat `cfg` (unilm WavLM); a fine-tuned model's `w2v_args`."""
-    cfg, args = checkpoint.get("cfg"), checkpoint.get("args")
-    if isinstance(cfg, Mapping):
-        model = cfg["model"] if isinstance(cfg.get("model"), Mapping) else cfg
-        task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else cfg
-    elif args is not None:
-        model = task = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    else:
+    cfg = _as_dict(checkpoint.get("cfg")) or _as_dict(checkpoint.get("args"))
+    if cfg is None:
         return {}, {}
-    inner = model.get("w2v_args")
-    if isinstance(inner, Mapping):  # fine-tuned: the encoder's own pre-training config
+    model = _as_dict(cfg.get("model")) or cfg
+    task = _as_dict(cfg.get("task")) or cfg
+    inner = _as_dict(model.get("w2v_args"))
+    if inner is not None:  # fine-tuned: the encoder's own pre-training config
         return fairseq_config({"cfg": inner})
-    if isinstance(inner, argparse.Namespace):
-        return fairseq_config({"args": inner})
-    return dict(model), dict(task)
+    return model, task
 
 
 def fairseq_model(checkpoint: Mapping[str, Any], weights: Mapping[str, torch.Tensor], path: str) -> Wav2Vec2Model:
