@@ -187,5 +187,5 @@ def test_hf_names_every_model_type_it_reads_for_one_it_does_not(tmp_path):
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
         tmp_path
     )
-    with pytest.raises(ValueError, match=r"'bert' model; .*hubert.*whisper"):
+    with pytest.raises(ValueError, match=r"'bert' model; .*hubert.*wav2vec2-bert.*whisper"):
         build_upstream(f"hf:{tmp_path}")

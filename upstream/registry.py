@@ -11,6 +11,7 @@ from .base import Upstream
 from .hf import build_hf_upstream, build_tiny_upstream
 from .surface import Fbank, LogMel, Mfcc
 from .torchaudio_backend import build_torchaudio_upstream
+from .w2v_bert import build_tiny_w2v_bert
 from .whisper import build_tiny_whisper
 
 
@@ -60,6 +61,7 @@ for _name, _hub_id, _layers, _hidden in [
     ("whisper_small", "openai/whisper-small", 12, 768),
     ("whisper_medium", "openai/whisper-medium", 24, 1024),
     ("whisper_large_v3", "openai/whisper-large-v3", 32, 1280),
+    ("w2v_bert_2", "facebook/w2v-bert-2.0", 24, 1024),
 ]:
     register_preset(_name, _hub(_hub_id, _layers, _hidden))
 
@@ -70,6 +72,7 @@ for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec
     )
 
 register_preset("tiny_whisper", Preset(build_tiny_whisper, "random init (whisper encoder, 4x64)", 5, 64, 50.0))
+register_preset("tiny_w2v_bert", Preset(build_tiny_w2v_bert, "random init (wav2vec2-bert, 4x64)", 5, 64, 50.0))
 register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0))
 register_preset("mfcc", Preset(Mfcc, "13 Kaldi MFCC + deltas, 25 ms / 10 ms", 1, 39, 100.0))
 register_preset("logmel", Preset(LogMel, "80 log-mel, Hann 25 ms / 10 ms", 1, 80, 100.0))
