@@ -41,12 +41,12 @@ def extractor_inputs(wavs: torch.Tensor, lengths: torch.Tensor):
 
 
 def test_stacked_fbank_is_the_feature_extractors():
-    # 12345 samples: 75 fbank frames (odd, the last one is dropped by the stacking); 8001: 49; 16000: 98.
-    wavs, lengths = clips(12345, 8001, 16000)
+    # 12345 samples: 75 fbank frames (odd, the last one is dropped by the stacking); 8001: 49; 160000: 998.
+    wavs, lengths = clips(12345, 8001, 160000)
     theirs = extractor_inputs(wavs, lengths)
     ours, frames = StackedFbank()(wavs, lengths)
-    assert frames.tolist() == theirs.attention_mask.sum(-1).tolist() == [37, 24, 49]
-    assert ours.shape == theirs.input_features.shape == (3, 49, 160)
+    assert frames.tolist() == theirs.attention_mask.sum(-1).tolist() == [37, 24, 499]
+    assert ours.shape == theirs.input_features.shape == (3, 499, 160) and ours.dtype == torch.float32
     odd, _ = StackedFbank()(wavs[:1, :12345], lengths[:1])
     assert odd.shape == (1, 37, 160)  # the extractor's masked 38th frame, an incomplete stack, is left out
     for i, n in enumerate(frames.tolist()):

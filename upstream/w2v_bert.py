@@ -55,11 +55,12 @@ class StackedFbank(nn.Module):
         return torch.div(self.fbank_lengths(wav_lengths), self.stride, rounding_mode="floor")
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = (wavs * 32768).unfold(1, FRAME_LENGTH, HOP_LENGTH)  # [B, F, 400]
+        # In float64, as the extractor (numpy) computes it: float32 drifts by about 2e-4 after the normalisation.
+        frames = (wavs.double() * 32768).unfold(1, FRAME_LENGTH, HOP_LENGTH)  # [B, F, 400]
         frames = frames - frames.mean(-1, keepdim=True)
         frames = torch.cat([frames[..., :1] * (1 - 0.97), frames[..., 1:] - 0.97 * frames[..., :-1]], dim=-1)
-        power = torch.fft.rfft(frames * self.window, n=FFT_LENGTH).abs() ** 2
-        fbank = (power @ self.mel_filters).clamp(min=MEL_FLOOR).log()  # [B, F, mels]
+        power = torch.fft.rfft(frames * self.window.double(), n=FFT_LENGTH).abs() ** 2
+        fbank = (power @ self.mel_filters.double()).clamp(min=MEL_FLOOR).log()  # [B, F, mels]
 
         counts = self.fbank_lengths(wav_lengths)
         valid = lengths_to_mask(counts, fbank.size(1))[..., None]
@@ -70,7 +71,7 @@ class StackedFbank(nn.Module):
 
         # The extractor pads to whole stacks; a last incomplete stack is never valid, so it is left out instead.
         frames = fbank.size(1) // self.stride
-        stacked = fbank[:, : frames * self.stride].reshape(fbank.size(0), frames, -1)
+        stacked = fbank[:, : frames * self.stride].reshape(fbank.size(0), frames, -1).to(wavs.dtype)
         return stacked, torch.div(counts, self.stride, rounding_mode="floor")
 
 
