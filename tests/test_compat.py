@@ -135,11 +135,11 @@ def test_a_whisper_checkpoint_without_encoder_weights_is_refused(tmp_path):
 
 
 def test_whisper_encoder_ties_its_last_hidden_state_to_the_final_layer_norm():
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    from transformers import WhisperModel
 
     from upstream.whisper import tiny_whisper_config
 
-    encoder = WhisperEncoder(tiny_whisper_config(max_source_positions=50)).eval()
+    encoder = WhisperModel(tiny_whisper_config(max_source_positions=50)).encoder.eval()
     with torch.no_grad():
         out = encoder(torch.randn(1, 80, 100), output_hidden_states=True)
         before_norm = encoder.layers[-1](out.hidden_states[-2], None)

@@ -61,6 +61,7 @@ def load_whisper_encoder(source: str, local_files_only: bool = False) -> torch.n
     Checkpoints are saved from `WhisperForConditionalGeneration` (`model.encoder.*` keys, the hub's) or
     `WhisperModel` (`encoder.*`); `key_mapping` (a from_pretrained argument of transformers >= 4.51) renames either
     to the encoder's own keys, and transformers skips the decoder's as unexpected (its load report, silenced here).
+    `WhisperEncoder` is not in transformers' exports (`__all__`), hence here.
     """
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     from transformers.utils import logging as hf_logging

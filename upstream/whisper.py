@@ -14,8 +14,7 @@ import math
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, WhisperConfig, WhisperFeatureExtractor
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers import PretrainedConfig, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from . import compat
 from .base import Upstream, lengths_to_mask
@@ -60,7 +59,8 @@ class WhisperUpstream(Upstream):
     of frames, so an utterance of n samples has ceil(n / 320).
     """
 
-    def __init__(self, encoder: WhisperEncoder, extractor: WhisperFeatureExtractor, name: str = "") -> None:
+    def __init__(self, encoder: nn.Module, extractor: WhisperFeatureExtractor, name: str = "") -> None:
+        """`encoder`: a transformers `WhisperEncoder` (`WhisperModel.encoder`, or `compat.load_whisper_encoder`)."""
         super().__init__()
         config = encoder.config
         self.name = name
@@ -169,5 +169,5 @@ def build_tiny_whisper(seed: int = 0, **overrides) -> WhisperUpstream:
     config = tiny_whisper_config(**overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = WhisperEncoder(config).eval()
+        encoder = WhisperModel(config).encoder.eval()  # transformers does not export WhisperEncoder itself
     return WhisperUpstream(encoder, window_extractor(config), name="tiny whisper")
