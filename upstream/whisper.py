@@ -1,11 +1,11 @@
 """Whisper's encoder: every hidden layer, from waveforms, over consecutive 30 s windows.
 
 The encoder takes log-mel features of exactly one window (3000 mel frames, 30 s, for the released checkpoints) and
-has one learnt position per output frame (1500), so longer audio is cut into consecutive windows, each padded with
-silence and encoded on its own, and the valid frames of each window are concatenated: no context crosses a window
-boundary. Whisper takes no attention mask; every window is padded to its full length with zeros whatever the batch,
-so batching never changes a valid frame, but the valid frames near a clip's end do attend to that silence, as
-Whisper was trained to.
+adds one positional embedding per output frame (1500 of them, fixed sinusoids), so longer audio is cut into
+consecutive windows, each padded with silence and encoded on its own, and the valid frames of each window are
+concatenated: no context crosses a window boundary. Whisper takes no attention mask; every window is padded to its
+full length with zeros whatever the batch, so batching never changes a valid frame, but the valid frames near a
+clip's end do attend to that silence, as Whisper was trained to.
 """
 
 from __future__ import annotations
