@@ -104,3 +104,46 @@ def test_lightning_trainer_keeps_use_distributed_sampler(flag, tmp_path):
         accelerator="cpu", devices=1, use_distributed_sampler=flag, logger=False, default_root_dir=tmp_path
     )
     assert compat.trainer_uses_distributed_sampler(trainer) is flag
+
+
+@pytest.mark.parametrize("layout", ["conditional_generation", "model"])
+def test_whisper_encoder_loads_alone_from_either_checkpoint_layout(layout, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    from upstream.whisper import tiny_whisper_config
+
+    model = WhisperForConditionalGeneration(tiny_whisper_config(max_source_positions=50))
+    (model if layout == "conditional_generation" else model.model).save_pretrained(tmp_path)
+    encoder = compat.load_whisper_encoder(str(tmp_path))
+    expected = model.model.encoder.state_dict()
+    assert encoder.state_dict().keys() == expected.keys()
+    assert all(torch.equal(p, expected[name]) for name, p in encoder.state_dict().items())
+
+
+def test_a_whisper_checkpoint_without_encoder_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import WhisperForConditionalGeneration
+
+    from upstream.whisper import tiny_whisper_config
+
+    WhisperForConditionalGeneration(tiny_whisper_config(max_source_positions=50)).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    decoder = {name: w for name, w in weights.items() if not name.startswith("model.encoder.")}
+    save_file(decoder, tmp_path / "model.safetensors", metadata={"format": "pt"})  # a decoder without its encoder
+    with pytest.raises(ValueError, match="no Whisper encoder weights"):
+        compat.load_whisper_encoder(str(tmp_path))
+
+
+def test_whisper_encoder_ties_its_last_hidden_state_to_the_final_layer_norm():
+    from transformers import WhisperModel
+
+    from upstream.whisper import tiny_whisper_config
+
+    encoder = WhisperModel(tiny_whisper_config(max_source_positions=50)).encoder.eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(1, 80, 100), output_hidden_states=True)
+        before_norm = encoder.layers[-1](out.hidden_states[-2], None)
+    assert len(out.hidden_states) == encoder.config.encoder_layers + 1
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert torch.allclose(encoder.layer_norm(before_norm), out.last_hidden_state, atol=1e-5)
+    assert torch.equal(compat.encoder_output_states(out)[-1], out.last_hidden_state)

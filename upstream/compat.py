@@ -55,6 +55,34 @@ def encoder_output_states(output: Any) -> list[torch.Tensor]:
     return [*output.hidden_states[:-1], output.last_hidden_state]
 
 
+def load_whisper_encoder(source: str, local_files_only: bool = False) -> torch.nn.Module:
+    """The `WhisperEncoder` of a Whisper checkpoint (hub id or directory), without loading its decoder.
+
+    Checkpoints are saved from `WhisperForConditionalGeneration` (`model.encoder.*` keys, the hub's) or
+    `WhisperModel` (`encoder.*`); `key_mapping` (a from_pretrained argument of transformers >= 4.51) renames either
+    to the encoder's own keys, and transformers skips the decoder's as unexpected (its load report, silenced here).
+    `WhisperEncoder` is not in transformers' exports (`__all__`), hence here.
+    """
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder, info = WhisperEncoder.from_pretrained(
+            source,
+            key_mapping={r"^(model\.)?encoder\.": ""},
+            dtype=torch.float32,
+            local_files_only=local_files_only,
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise ValueError(f"{source} has no Whisper encoder weights for {sorted(info['missing_keys'])[:5]} ...")
+    return encoder
+
+
 # torchaudio --------------------------------------------------------------------------------------------------------
 def torchaudio_encoder_input(
     encoder: torch.nn.Module, features: torch.Tensor, lengths: torch.Tensor | None

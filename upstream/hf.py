@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,12 +22,18 @@ from .base import (
     receptive_field,
     split_feature_extractor,
 )
+from .names import Registry
 
 # transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
 
 # model_type values of the transformers configs this backend knows how to read every layer from.
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+
+# model_type -> builder(source, config, local_files_only=..., **options) of every family `hf:` reads: HFUpstream's
+# raw-waveform ones (registered below) and the feature-input encoders in their own files (whisper.py, w2v_bert.py),
+# which register themselves when imported (upstream/registry.py imports them).
+MODEL_TYPES: Registry[Upstream] = Registry("transformers model type")
 
 
 class HFUpstream(Upstream):
@@ -116,11 +122,10 @@ class HFUpstream(Upstream):
         return self
 
 
-def check_supported(config: PretrainedConfig, name: str) -> None:
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
+def check_supported(config: PretrainedConfig, name: str, model_types: Collection[str] = SUPPORTED_MODEL_TYPES) -> None:
+    if config.model_type not in model_types:
         raise ValueError(
-            f"{name} is a {config.model_type!r} model; the transformers backend reads "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"{name} is a {config.model_type!r} model; the transformers backend reads {', '.join(model_types)}"
         )
 
 
@@ -164,13 +169,15 @@ def load_config(source: str, local_files_only: bool = False) -> PretrainedConfig
         raise _readable_load_error(source, error) from None
 
 
-def load_pretrained(source: str, local_files_only: bool = False) -> tuple[PreTrainedModel, bool, bool]:
+def load_pretrained(
+    source: str, local_files_only: bool = False, config: PretrainedConfig | None = None
+) -> tuple[PreTrainedModel, bool, bool]:
     """(model, do_normalize, return_attention_mask) for a hub id or local directory.
 
     The two flags come from the checkpoint's feature-extractor config; without one, from what its CNN type
     implies.
     """
-    config = load_config(source, local_files_only)
+    config = load_config(source, local_files_only) if config is None else config
     check_supported(config, source)  # before fetching any weights
     try:
         model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, local_files_only=local_files_only)
@@ -185,21 +192,33 @@ def load_pretrained(source: str, local_files_only: bool = False) -> tuple[PreTra
     return model.eval(), extractor.do_normalize, extractor.return_attention_mask
 
 
-def build_hf_upstream(
+def build_hf_upstream(source: str, local_files_only: bool = False, **options) -> Upstream:
+    """Load `source` (hub id or local directory) with its pretrained weights, by the builder `MODEL_TYPES` has for
+    its config's model_type; `options` go to that builder (`normalize=`, `attention_mask=` for HFUpstream's)."""
+    config = load_config(source, local_files_only)
+    check_supported(config, source, MODEL_TYPES)  # before fetching any weights
+    return MODEL_TYPES.build(config.model_type, source, config, local_files_only=local_files_only, **options)
+
+
+def build_waveform_upstream(
     source: str,
+    config: PretrainedConfig,
+    local_files_only: bool = False,
     normalize: bool | None = None,
     attention_mask: bool | None = None,
-    local_files_only: bool = False,
 ) -> HFUpstream:
-    """Load `source` (hub id or local directory) with its pretrained weights; `normalize` / `attention_mask`
-    override the checkpoint's own settings."""
-    model, do_normalize, wants_mask = load_pretrained(source, local_files_only)
+    """HFUpstream for `source`; `normalize` / `attention_mask` override the checkpoint's own settings."""
+    model, do_normalize, wants_mask = load_pretrained(source, local_files_only, config)
     return HFUpstream(
         model,
         normalize=do_normalize if normalize is None else normalize,
         use_attention_mask=wants_mask if attention_mask is None else attention_mask,
         name=source,
     )
+
+
+for _model_type in SUPPORTED_MODEL_TYPES:
+    MODEL_TYPES.register(_model_type)(build_waveform_upstream)
 
 
 # Small random-initialised encoders for tests and offline demos: the real architectures at toy width.

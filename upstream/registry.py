@@ -1,4 +1,4 @@
-"""Names -> builders: presets (`hubert_base`, `tiny_wavlm`, `fbank`, ...), source prefixes (`hf:`, `torchaudio:`),
+"""Names -> builders: presets (`hubert_base`, `whisper_small`, `fbank`, ...), source prefixes (`hf:`, `torchaudio:`),
 `package.module:factory` for a model of one's own, and presets that installed packages add through the
 `strata.upstreams` entry-point group."""
 
@@ -18,6 +18,8 @@ from .base import Upstream, UpstreamLoadError
 from .hf import build_hf_upstream, build_tiny_upstream
 from .surface import Fbank, LogMel, Mfcc
 from .torchaudio_backend import build_fairseq_upstream, build_torchaudio_upstream
+from .w2v_bert import build_tiny_w2v_bert
+from .whisper import build_tiny_whisper
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ for _name, _hub_id, _layers, _hidden in [
     ("wavlm_base_plus", "microsoft/wavlm-base-plus", 12, 768),
     ("wavlm_large", "microsoft/wavlm-large", 24, 1024),
     ("data2vec_audio_base", "facebook/data2vec-audio-base", 12, 768),
+    # Feature-input encoders (hf: dispatches on the model_type): Whisper's encoder only, 30 s windows (whisper.py);
+    # large-v3 reads 128 mel bins, the others 80.
+    ("whisper_tiny", "openai/whisper-tiny", 4, 384),
+    ("whisper_base", "openai/whisper-base", 6, 512),
+    ("whisper_small", "openai/whisper-small", 12, 768),
+    ("whisper_medium", "openai/whisper-medium", 24, 1024),
+    ("whisper_large_v3", "openai/whisper-large-v3", 32, 1280),
+    ("w2v_bert_2", "facebook/w2v-bert-2.0", 24, 1024),
 ]:
     register_preset(_name, _hub(_hub_id, _layers, _hidden))
 
@@ -88,6 +98,8 @@ for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec
         Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0),
     )
 
+register_preset("tiny_whisper", Preset(build_tiny_whisper, "random init (whisper encoder, 4x64)", 5, 64, 50.0))
+register_preset("tiny_w2v_bert", Preset(build_tiny_w2v_bert, "random init (wav2vec2-bert, 4x64)", 5, 64, 50.0))
 register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0, family="surface"))
 register_preset("mfcc", Preset(Mfcc, "13 Kaldi MFCC + deltas, 25 ms / 10 ms", 1, 39, 100.0, family="surface"))
 register_preset("logmel", Preset(LogMel, "80 log-mel, Hann 25 ms / 10 ms", 1, 80, 100.0, family="surface"))
