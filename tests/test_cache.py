@@ -9,18 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import soundfile
 import torch
+from training import first_step_loss
 
 from recipes.audio import read_audio
 from recipes.cache import CachedFeatureDataset, CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
 from recipes.data import AudioDataset, read_manifest, write_jsonl
-from recipes.datamodule import ManifestDataModule
-from recipes.module import SSLTaskModule, UpstreamConfig
-from recipes.tasks import EmotionTask, SpeakerIdTask, Task
+from recipes.tasks import SpeakerIdTask
 from upstream import build_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,30 +115,15 @@ def test_a_cache_that_does_not_match_the_run_is_refused_with_the_reason(small, t
         parse_layers("0,7", 5)
 
 
-class FirstLoss(L.Callback):
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        self.loss = float(outputs["loss"])
-
-
-def first_step_loss(corpus: Path, features: str | None, task: Task | None = None) -> float:
-    L.seed_everything(0)
-    task = task or EmotionTask()
-    module = SSLTaskModule(task, upstream=UpstreamConfig(name="fbank"))
-    splits = {split: str(corpus / task.name / f"{split}.jsonl") for split in ("train", "valid")}
-    data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features,
-                              spec=module.input_spec())  # fmt: skip
-    callback = FirstLoss()
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, accelerator="cpu",
-                        callbacks=[callback], enable_progress_bar=False, use_distributed_sampler=False,
-                        enable_model_summary=False)  # fmt: skip
-    trainer.fit(module, datamodule=data)
-    return callback.loss
+def mini_splits(corpus: Path, task: str) -> dict[str, str]:
+    return {split: str(corpus / task / f"{split}.jsonl") for split in ("train", "valid")}
 
 
 def test_training_from_the_cache_gives_the_first_step_loss_of_training_from_audio(mini_corpus, tmp_path):
     manifests = [mini_corpus / "emotion" / f"{split}.jsonl" for split in ("train", "valid")]
     extract("fbank", manifests, tmp_path / "cache", dtype="float32", progress=False)
-    live, cached = first_step_loss(mini_corpus, None), first_step_loss(mini_corpus, str(tmp_path / "cache"))
+    splits = mini_splits(mini_corpus, "emotion")
+    live, cached = first_step_loss(splits, None), first_step_loss(splits, str(tmp_path / "cache"))
     assert cached == pytest.approx(live, rel=1e-5)
 
 
@@ -152,8 +135,9 @@ def test_training_from_the_cache_with_crops_gives_the_first_step_loss_of_trainin
     assert min(train.durations) > 1.0
     speakers = sorted({entry["speaker"] for entry in train.entries})
     extract("fbank", manifests, tmp_path / "cache", dtype="float32", progress=False)
-    live = first_step_loss(mini_corpus, None, SpeakerIdTask(speakers, crop_seconds=1.0))
-    cached = first_step_loss(mini_corpus, str(tmp_path / "cache"), SpeakerIdTask(speakers, crop_seconds=1.0))
+    splits = mini_splits(mini_corpus, "speaker_id")
+    live = first_step_loss(splits, None, SpeakerIdTask(speakers, crop_seconds=1.0))
+    cached = first_step_loss(splits, str(tmp_path / "cache"), SpeakerIdTask(speakers, crop_seconds=1.0))
     assert cached == pytest.approx(live, rel=1e-5)
 
 

@@ -4,17 +4,14 @@ n_fbank // 2 frames, padding that changes no valid frame, top:K, and a cached fi
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from training import first_step_loss
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
 
 from recipes.cache import extract
 from recipes.cli import main
 from recipes.data import read_manifest, write_jsonl
-from recipes.datamodule import ManifestDataModule
-from recipes.module import SSLTaskModule, UpstreamConfig
-from recipes.tasks import EmotionTask
 from upstream import PRESETS, build_upstream
 from upstream.w2v_bert import StackedFbank, W2vBertUpstream, tiny_w2v_bert_model
 
@@ -121,24 +118,6 @@ def test_inspect_runs_a_w2v_bert_directory(w2v_bert_dir, capsys):
     assert re.search(r"\| 4 +\| 49 +\|", out)  # a 1 s tone: 99 fbank frames, 49 stacked ones
 
 
-class FirstLoss(L.Callback):
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        self.loss = float(outputs["loss"])
-
-
-def first_step_loss(splits: dict[str, str], features: str | None) -> float:
-    L.seed_everything(0)
-    module = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name="tiny_w2v_bert"))
-    data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features,
-                              spec=module.input_spec())  # fmt: skip
-    callback = FirstLoss()
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, accelerator="cpu",
-                        callbacks=[callback], enable_progress_bar=False, use_distributed_sampler=False,
-                        enable_model_summary=False)  # fmt: skip
-    trainer.fit(module, datamodule=data)
-    return callback.loss
-
-
 def test_a_cached_fit_starts_where_a_fit_from_audio_does(mini_corpus, tmp_path):
     splits = {}
     for split, count in [("train", 16), ("valid", 4)]:
@@ -146,5 +125,8 @@ def test_a_cached_fit_starts_where_a_fit_from_audio_does(mini_corpus, tmp_path):
         entries = [{**e, "audio": str(Path(e["audio"]).resolve())} for e in manifest.entries[:count]]
         splits[split] = str(write_jsonl(tmp_path / f"{split}.jsonl", entries))
     extract("tiny_w2v_bert", list(splits.values()), tmp_path / "cache", dtype="float32", progress=False)
-    live, cached = first_step_loss(splits, None), first_step_loss(splits, str(tmp_path / "cache"))
+    live, cached = (
+        first_step_loss(splits, None, upstream="tiny_w2v_bert"),
+        first_step_loss(splits, str(tmp_path / "cache"), upstream="tiny_w2v_bert"),
+    )
     assert cached == pytest.approx(live, rel=1e-4)
