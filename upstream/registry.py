@@ -55,10 +55,19 @@ for _name, _hub_id, _layers, _hidden in [
 ]:
     register_preset(_name, _hub(_hub_id, _layers, _hidden))
 
-for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec2"), ("tiny_wavlm", "wavlm")]:
+for _name, _model_type, _frame_rate in [
+    ("tiny_hubert", "hubert", 50.0),
+    ("tiny_wav2vec2", "wav2vec2", 50.0),
+    ("tiny_wavlm", "wavlm", 50.0),
+    ("tiny_unispeech", "unispeech", 50.0),
+    ("tiny_unispeech_sat", "unispeech-sat", 50.0),
+    ("tiny_wav2vec2_conformer", "wav2vec2-conformer", 50.0),
+    ("tiny_sew", "sew", 25.0),  # layers on pairs of CNN frames (squeeze_factor 2)
+    ("tiny_sew_d", "sew-d", 25.0),
+]:
     register_preset(
         _name,
-        Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0),
+        Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, _frame_rate),
     )
 
 register_preset("fbank", Preset(Fbank, "80 Kaldi fbank, 25 ms / 10 ms", 1, 80, 100.0))
