@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-from upstream import PRESETS, build_upstream
+from upstream import PRESETS, UpstreamLoadError, build_upstream
 from upstream.base import normalize_waveforms
 from upstream.hf import FAMILIES, tiny_model
 
@@ -164,3 +164,17 @@ def test_unknown_model_types_are_refused_with_the_families_read(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="'speecht5' model; the transformers backend reads .*sew-d"):
         build_upstream(f"hf:{tmp_path}")
+
+
+def test_s3prl_names_and_the_older_ones_name_the_same_checkpoints(monkeypatch, tmp_path):
+    for s3prl, older, hub_id in [
+        ("hubert_large_ll60k", "hubert_large", "facebook/hubert-large-ll60k"),
+        ("wav2vec2_large_lv60", "wav2vec2_large", "facebook/wav2vec2-large-lv60"),
+    ]:
+        assert PRESETS[s3prl].source == PRESETS[older].source == f"hf:{hub_id}"
+    assert PRESETS["xls_r_1b"].num_layers == PRESETS["mms_1b"].num_layers == 49
+    assert PRESETS["distilhubert"].num_layers == 3 and PRESETS["distilhubert"].hidden_size == 768
+    # A new preset offline: the same readable error as the old ones, naming its hub id.
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UpstreamLoadError, match="microsoft/unispeech-sat-base-plus"):
+        build_upstream("unispeech_sat_base_plus", local_files_only=True)

@@ -52,6 +52,22 @@ for _name, _hub_id, _layers, _hidden in [
     ("wavlm_base_plus", "microsoft/wavlm-base-plus", 12, 768),
     ("wavlm_large", "microsoft/wavlm-large", 24, 1024),
     ("data2vec_audio_base", "facebook/data2vec-audio-base", 12, 768),
+    # S3PRL's names for the same checkpoints, and the rest of what SUPERB-style comparisons run.
+    ("hubert_large_ll60k", "facebook/hubert-large-ll60k", 24, 1024),
+    ("wav2vec2_large_lv60", "facebook/wav2vec2-large-lv60", 24, 1024),
+    ("xls_r_300m", "facebook/wav2vec2-xls-r-300m", 24, 1024),
+    ("xls_r_1b", "facebook/wav2vec2-xls-r-1b", 48, 1280),
+    ("xls_r_2b", "facebook/wav2vec2-xls-r-2b", 48, 1920),
+    ("mms_300m", "facebook/mms-300m", 24, 1024),
+    ("mms_1b", "facebook/mms-1b", 48, 1280),
+    ("data2vec_audio_large", "facebook/data2vec-audio-large", 24, 1024),
+    ("distilhubert", "ntu-spml/distilhubert", 2, 768),
+    ("unispeech_large_1500h_cv", "microsoft/unispeech-large-1500h-cv", 24, 1024),
+    ("unispeech_sat_base", "microsoft/unispeech-sat-base", 12, 768),
+    ("unispeech_sat_base_plus", "microsoft/unispeech-sat-base-plus", 12, 768),
+    ("unispeech_sat_large", "microsoft/unispeech-sat-large", 24, 1024),
+    ("wav2vec2_conformer_relpos", "facebook/wav2vec2-conformer-rel-pos-large", 24, 1024),
+    ("wav2vec2_conformer_rope", "facebook/wav2vec2-conformer-rope-large", 24, 1024),
 ]:
     register_preset(_name, _hub(_hub_id, _layers, _hidden))
 
