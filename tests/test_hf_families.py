@@ -144,7 +144,7 @@ def test_all_trains_every_parameter_that_makes_a_returned_state(family_dirs, nam
         assert not any(p.requires_grad for p in upstream.model.encoder.upsample.parameters())
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("tiny_") and n not in {"tiny_hubert"}])
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("tiny_")])
 def test_tiny_presets_of_every_family_match_their_listing(name, batch):
     wavs, lengths = batch
     upstream = build_upstream(name)
