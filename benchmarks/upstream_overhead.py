@@ -3,7 +3,9 @@
 The wrapper checks the input, masks or normalises the waveform, computes frame lengths and hands back the layer
 list; all of that should vanish next to the encoder itself. Target: ratio <= 1.05.
 
-    python benchmarks/upstream_overhead.py [--repeats 10] [--threads 2]
+    python benchmarks/upstream_overhead.py [--repeats 10] [--threads 2] [--families]
+
+`--families` adds the tiny (4 x 64) model of every other transformers family strata reads.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from upstream.base import lengths_to_mask
-from upstream.hf import TINY_CONFIG, HFUpstream, expects_attention_mask
+from upstream.hf import FAMILIES, TINY_CONFIG, TINY_TYPE_CONFIG, HFUpstream, expects_attention_mask
 
 CASES = {
-    # name: (config overrides, batch size, seconds per utterance (longest; the others shorter))
-    "tiny (4 x 64)": (TINY_CONFIG, 8, 3.0),
-    "base-sized (12 x 768)": ({}, 4, 4.0),
+    # name: (model_type, config overrides, batch size, seconds per utterance (longest; the others shorter))
+    "tiny (4 x 64)": ("hubert", TINY_CONFIG, 8, 3.0),
+    "base-sized (12 x 768)": ("hubert", {}, 4, 4.0),
+}
+FAMILY_CASES = {
+    f"tiny {model_type}": (model_type, {**TINY_CONFIG, **TINY_TYPE_CONFIG.get(model_type, {})}, 8, 3.0)
+    for model_type in FAMILIES
+    if model_type != "hubert"
 }
 
 
@@ -45,15 +52,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--families", action="store_true", help="also the tiny model of every other family")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} interleaved runs\n")
     print("| model | batch | bare transformers (ms) | strata Upstream (ms) | ratio |")
     print("|---|---|---|---|---|")
-    for name, (overrides, size, seconds) in CASES.items():
+    cases = {**CASES, **FAMILY_CASES} if args.families else CASES
+    for name, (model_type, overrides, size, seconds) in cases.items():
         torch.manual_seed(0)
-        model = AutoModel.from_config(AutoConfig.for_model("hubert", **overrides)).eval()
+        model = AutoModel.from_config(AutoConfig.for_model(model_type, **overrides)).eval()
         mask_needed = expects_attention_mask(model.config)
         upstream = HFUpstream(model, normalize=mask_needed, use_attention_mask=mask_needed)
         wavs, lengths = batch(size, seconds, generator)

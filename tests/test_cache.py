@@ -127,6 +127,21 @@ def test_training_from_the_cache_gives_the_first_step_loss_of_training_from_audi
     assert cached == pytest.approx(live, rel=1e-5)
 
 
+def test_a_pooling_family_trains_from_its_cache_as_from_audio(mini_corpus, tmp_path):
+    # SEW's layers run at 25 Hz on pooled CNN frames: the cache, the frame counts and the padded batches must agree.
+    manifests = [mini_corpus / "emotion" / f"{split}.jsonl" for split in ("train", "valid")]
+    index = extract("tiny_sew", manifests, tmp_path / "cache", dtype="float32", progress=False)
+    cache, upstream = FeatureCache(tmp_path / "cache"), build_upstream("tiny_sew")
+    entry = read_manifest(manifests[0]).entries[0]
+    with torch.no_grad():
+        live = upstream(read_audio(entry["audio"], 16000)[None])
+    assert index.layers == list(range(5)) and cache.hidden(entry["id"]).shape == (5, int(live.lengths[0]), 64)
+    splits = mini_splits(mini_corpus, "emotion")
+    live_loss = first_step_loss(splits, None, upstream="tiny_sew")
+    cached_loss = first_step_loss(splits, str(tmp_path / "cache"), upstream="tiny_sew")
+    assert cached_loss == pytest.approx(live_loss, rel=1e-4)
+
+
 def test_training_from_the_cache_with_crops_gives_the_first_step_loss_of_training_from_audio(mini_corpus, tmp_path):
     # Every clip is longer than the 1 s crop, so every crop is inside its clip, where fbank's cached frames are the
     # crop's own frames: the same draws must give the same batch.

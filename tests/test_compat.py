@@ -7,10 +7,10 @@ import torchaudio
 
 from upstream import compat
 from upstream.base import conv_output_lengths
-from upstream.hf import tiny_model
+from upstream.hf import FAMILIES, tiny_model
 
 
-@pytest.mark.parametrize("model_type", ["hubert", "wav2vec2", "wavlm", "data2vec-audio"])
+@pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_transformers_frame_lengths_are_the_conv_formula_and_the_frames_it_makes(model_type):
     model = tiny_model(model_type)
     lengths = torch.tensor([400, 401, 16000, 12345])
@@ -35,6 +35,26 @@ def test_transformers_cnn_output_needs_grad_only_when_told():
 def test_pre_layer_norm_encoders_are_told_apart_by_class():
     assert compat.is_pre_layer_norm_encoder(tiny_model("hubert", do_stable_layer_norm=True).encoder)
     assert not compat.is_pre_layer_norm_encoder(tiny_model("hubert", do_stable_layer_norm=False).encoder)
+    assert compat.is_pre_layer_norm_encoder(tiny_model("unispeech-sat", do_stable_layer_norm=True).encoder)
+    # The conformer normalises after its last layer with no such class name: hf.FAMILIES says so instead.
+    assert not compat.is_pre_layer_norm_encoder(tiny_model("wav2vec2-conformer").encoder)
+
+
+def test_conformer_depthwise_convolutions_are_found_and_see_padding_unless_zeroed():
+    model = tiny_model("wav2vec2-conformer")
+    convs = compat.conformer_depthwise_convs(model)
+    assert len(convs) == model.config.num_hidden_layers
+    assert all(isinstance(c, torch.nn.Conv1d) and c.groups == c.in_channels == 64 for c in convs)
+    assert compat.conformer_depthwise_convs(tiny_model("hubert")) == []
+    # transformers zeroes padded frames before the first layer only; inside a layer they are not zero by the
+    # time they reach the depthwise convolution.
+    seen = []
+    convs[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    mask = (torch.arange(8000)[None] < torch.tensor([[8000], [5000]])).long()
+    with torch.no_grad():
+        model(torch.randn(2, 8000), attention_mask=mask)
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(5000)))
+    assert seen[0][1, :, frames:].abs().sum() > 0
 
 
 def test_only_data2vec_audio_stacks_positional_convolutions():

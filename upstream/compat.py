@@ -46,6 +46,13 @@ def positional_conv_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(getattr(model.encoder.pos_conv_embed, "layers", []))
 
 
+def conformer_depthwise_convs(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The depthwise time convolution of every wav2vec 2.0-conformer layer (`conv_module.depthwise_conv`), whose
+    input transformers does not zero on padded frames; [] for the other families."""
+    layers = getattr(model.encoder, "layers", [])
+    return [layer.conv_module.depthwise_conv for layer in layers if hasattr(layer, "conv_module")]
+
+
 def encoder_output_states(output: Any) -> list[torch.Tensor]:
     """All hidden states of a transformers encoder call, the last one being the encoder's output.
 

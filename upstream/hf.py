@@ -1,4 +1,5 @@
-"""transformers backend: HuBERT, wav2vec 2.0, WavLM and data2vec-audio from a hub id or a local directory."""
+"""transformers backend: the raw-waveform encoders (HuBERT, wav2vec 2.0 and its conformer, WavLM, data2vec-audio,
+UniSpeech, UniSpeech-SAT, SEW, SEW-D) from a hub id or a local directory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +29,38 @@ from .names import Registry
 # transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
 
+
+@dataclass(frozen=True)
+class Family:
+    """How to read one transformers model_type: a CNN `feature_extractor` on the waveform, then transformer layers.
+
+    `layers`: where the transformer layers are. `final_norm`: a norm after the last layer, always (the conformer's)
+    or, when None, only in the pre-LN ("stable layer norm") variants. `squeeze`: SEW and SEW-D average-pool the CNN
+    frames by `config.squeeze_factor` before the layers and upsample after them; their layers run at the pooled rate.
+    `unused`: modules that make no returned state, left frozen under trainable='all' (DDP refuses weights without
+    gradients).
+    """
+
+    layers: str = "encoder.layers"
+    final_norm: bool | None = None
+    squeeze: bool = False
+    unused: tuple[str, ...] = ()
+
+
 # model_type values of the transformers configs this backend knows how to read every layer from.
-SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+FAMILIES: dict[str, Family] = {
+    "hubert": Family(),
+    "wav2vec2": Family(),
+    "wavlm": Family(),
+    "data2vec-audio": Family(),
+    "unispeech": Family(),
+    "unispeech-sat": Family(),
+    # transformers builds the conformer's positional convolution but, as fairseq, never runs it (rel-pos and rotary).
+    "wav2vec2-conformer": Family(final_norm=True, unused=("encoder.pos_conv_embed",)),
+    "sew": Family(final_norm=False, squeeze=True, unused=("encoder.upsample",)),
+    "sew-d": Family(layers="encoder.encoder.layer", final_norm=False, squeeze=True, unused=("encoder.upsample",)),
+}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 # model_type -> builder(source, config, local_files_only=..., **options) of every family `hf:` reads: HFUpstream's
 # raw-waveform ones (registered below) and the feature-input encoders in their own files (whisper.py, w2v_bert.py),
@@ -43,6 +75,12 @@ class HFUpstream(Upstream):
     `use_attention_mask`: pass the padding mask to the model. Checkpoints whose CNN starts with group norm
     (wav2vec 2.0 / HuBERT / WavLM base) were trained without one, and transformers advises not to pass it; for
     those, padding changes the features of the shorter utterances in a batch.
+
+    SEW / SEW-D: every layer is at the pooled rate (`squeeze_factor` CNN frames a frame, 25 Hz for the published
+    checkpoints) and the last state is the last layer's output, before the upsampling back to the CNN rate. With a
+    padding mask the model reads the first `squeeze_factor * floor(F / squeeze_factor)` of an utterance's F CNN
+    frames (fewer than `squeeze_factor` dropped), so that a padded batch and the utterance alone pool the same
+    frames: transformers would otherwise count a half-padded pooled frame as valid in the batch only.
     """
 
     def __init__(self, model: PreTrainedModel, normalize: bool, use_attention_mask: bool, name: str = "") -> None:
@@ -59,31 +97,45 @@ class HFUpstream(Upstream):
         config.apply_spec_augment = False
         self.model = model
         self.name = name
+        self.family = FAMILIES[config.model_type]
         self.normalize = normalize
         self.use_attention_mask = use_attention_mask
         self._frame_mask: torch.Tensor | None = None
-        # data2vec-audio stacks several positional convolutions; transformers zeroes the padding only before the
-        # first, so later ones smear padding into the last valid frames. Zeroing it before each keeps every
-        # valid frame equal to running the utterance alone.
+        # data2vec-audio stacks several positional convolutions and every conformer layer has a depthwise one;
+        # transformers zeroes the padding only before the first layer, so these smear padding into the last valid
+        # frames. Zeroing it before each keeps every valid frame equal to running the utterance alone.
         pos_convs = compat.positional_conv_layers(model)
-        for layer in pos_convs:
+        padded_convs = (pos_convs if len(pos_convs) > 1 else []) + compat.conformer_depthwise_convs(model)
+        for layer in padded_convs:
             layer.register_forward_pre_hook(self._zero_padded_frames)
-        self._masks_pos_convs = use_attention_mask and len(pos_convs) > 1
+        self._masks_convs = use_attention_mask and bool(padded_convs)
         self.num_layers = config.num_hidden_layers + 1
         self.hidden_size = config.hidden_size
-        self.downsample_rate = math.prod(config.conv_stride)
-        self.min_samples = receptive_field(list(zip(config.conv_kernel, config.conv_stride, strict=True)))
+        self.squeeze = config.squeeze_factor if self.family.squeeze else 1
+        self.cnn_hop = math.prod(config.conv_stride)
+        self.cnn_field = receptive_field(list(zip(config.conv_kernel, config.conv_stride, strict=True)))
+        self.downsample_rate = self.cnn_hop * self.squeeze
+        # The shortest input that makes one frame: one CNN frame, or a pooled frame's worth of them.
+        self.min_samples = self.cnn_field + (self.squeeze - 1) * self.cnn_hop
         self.set_trainable("frozen")
 
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        # SEW / SEW-D: the average pool keeps whole groups of squeeze_factor CNN frames.
+        return torch.div(self._cnn_frames(wav_lengths), self.squeeze, rounding_mode="floor")
+
+    def _cnn_frames(self, wav_lengths: torch.Tensor) -> torch.Tensor:
         return compat.feat_extract_output_lengths(self.model, wav_lengths)
 
     def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
-        mask = lengths_to_mask(wav_lengths, wavs.size(1))
         wavs = prepare_waveforms(wavs, wav_lengths, self.normalize)
-        if self._masks_pos_convs:
-            padded_frames = int(self.frame_lengths(wav_lengths.new_tensor([wavs.size(1)]))[0])
-            self._frame_mask = lengths_to_mask(self.frame_lengths(wav_lengths), padded_frames)
+        mask_lengths = wav_lengths
+        if self.squeeze > 1:
+            # The samples whose CNN frames fill whole pooled frames (the CNN's frame count is affine in samples).
+            mask_lengths = self.cnn_field + (self.frame_lengths(wav_lengths) * self.squeeze - 1) * self.cnn_hop
+        mask = lengths_to_mask(mask_lengths, wavs.size(1))
+        if self._masks_convs:
+            padded_frames = int(self._cnn_frames(wav_lengths.new_tensor([wavs.size(1)]))[0])
+            self._frame_mask = lengths_to_mask(self._cnn_frames(wav_lengths), padded_frames)
         try:
             out = self.model(
                 wavs,
@@ -92,6 +144,9 @@ class HFUpstream(Upstream):
             )
         finally:
             self._frame_mask = None
+        if self.squeeze > 1:
+            # Post-LN, and the encoder's output is upsampled: the layers' own states are the ones at the pooled rate.
+            return list(out.hidden_states)
         # The last state is the encoder's output, after the final norm of pre-LN encoders, as fairseq and S3PRL
         # report it.
         return compat.encoder_output_states(out)
@@ -103,15 +158,23 @@ class HFUpstream(Upstream):
         return (x * self._frame_mask[:, None, :].to(x.dtype), *args[1:])
 
     def layer_groups(self):
-        return split_feature_extractor(self.model)
+        cnn, rest = split_feature_extractor(self.model)
+        for path in self.family.unused:
+            parent_path, _, unused = path.rpartition(".")
+            parent = self.model.get_submodule(parent_path)
+            rest = [m for m in rest if m is not parent] + [m for n, m in parent.named_children() if n != unused]
+        return cnn, rest
 
     def transformer_layers(self):
-        return list(self.model.encoder.layers)
+        return list(self.model.get_submodule(self.family.layers))
 
     def final_norm(self):
         # Pre-LN ("stable layer norm") encoders normalise after the last layer; the others before the first.
         encoder = self.model.encoder
-        return encoder.layer_norm if compat.is_pre_layer_norm_encoder(encoder) else None
+        after_last = self.family.final_norm
+        if after_last is None:
+            after_last = compat.is_pre_layer_norm_encoder(encoder)
+        return encoder.layer_norm if after_last else None
 
     def set_trainable(self, trainable: str = "frozen", train_cnn: bool = False) -> HFUpstream:
         super().set_trainable(trainable, train_cnn)
@@ -237,8 +300,14 @@ TINY_CONFIG = dict(
 )
 
 
-# data2vec-audio reads num_conv_pos_embeddings as the number of positional conv layers, not their width.
-TINY_TYPE_CONFIG = {"data2vec-audio": dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=5)}
+# data2vec-audio reads num_conv_pos_embeddings as the number of positional conv layers, not their width. SEW's CNN
+# has 13 layers (stride-1 ones between the wav2vec 2.0 ones).
+_SEW_CNN = dict(conv_dim=(32,) * 13)
+TINY_TYPE_CONFIG = {
+    "data2vec-audio": dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=5),
+    "sew": _SEW_CNN,
+    "sew-d": _SEW_CNN,
+}
 
 
 def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:

@@ -81,6 +81,22 @@ for _name, _hub_id, _layers, _hidden in [
     ("wavlm_base_plus", "microsoft/wavlm-base-plus", 12, 768),
     ("wavlm_large", "microsoft/wavlm-large", 24, 1024),
     ("data2vec_audio_base", "facebook/data2vec-audio-base", 12, 768),
+    # S3PRL's names for the same checkpoints, and the rest of what SUPERB-style comparisons run.
+    ("hubert_large_ll60k", "facebook/hubert-large-ll60k", 24, 1024),
+    ("wav2vec2_large_lv60", "facebook/wav2vec2-large-lv60", 24, 1024),
+    ("xls_r_300m", "facebook/wav2vec2-xls-r-300m", 24, 1024),
+    ("xls_r_1b", "facebook/wav2vec2-xls-r-1b", 48, 1280),
+    ("xls_r_2b", "facebook/wav2vec2-xls-r-2b", 48, 1920),
+    ("mms_300m", "facebook/mms-300m", 24, 1024),
+    ("mms_1b", "facebook/mms-1b", 48, 1280),
+    ("data2vec_audio_large", "facebook/data2vec-audio-large", 24, 1024),
+    ("distilhubert", "ntu-spml/distilhubert", 2, 768),
+    ("unispeech_large_1500h_cv", "microsoft/unispeech-large-1500h-cv", 24, 1024),
+    ("unispeech_sat_base", "microsoft/unispeech-sat-base", 12, 768),
+    ("unispeech_sat_base_plus", "microsoft/unispeech-sat-base-plus", 12, 768),
+    ("unispeech_sat_large", "microsoft/unispeech-sat-large", 24, 1024),
+    ("wav2vec2_conformer_relpos", "facebook/wav2vec2-conformer-rel-pos-large", 24, 1024),
+    ("wav2vec2_conformer_rope", "facebook/wav2vec2-conformer-rope-large", 24, 1024),
     # Feature-input encoders (hf: dispatches on the model_type): Whisper's encoder only, 30 s windows (whisper.py);
     # large-v3 reads 128 mel bins, the others 80.
     ("whisper_tiny", "openai/whisper-tiny", 4, 384),
@@ -92,10 +108,19 @@ for _name, _hub_id, _layers, _hidden in [
 ]:
     register_preset(_name, _hub(_hub_id, _layers, _hidden))
 
-for _name, _model_type in [("tiny_hubert", "hubert"), ("tiny_wav2vec2", "wav2vec2"), ("tiny_wavlm", "wavlm")]:
+for _name, _model_type, _frame_rate in [
+    ("tiny_hubert", "hubert", 50.0),
+    ("tiny_wav2vec2", "wav2vec2", 50.0),
+    ("tiny_wavlm", "wavlm", 50.0),
+    ("tiny_unispeech", "unispeech", 50.0),
+    ("tiny_unispeech_sat", "unispeech-sat", 50.0),
+    ("tiny_wav2vec2_conformer", "wav2vec2-conformer", 50.0),
+    ("tiny_sew", "sew", 25.0),  # layers on pairs of CNN frames (squeeze_factor 2)
+    ("tiny_sew_d", "sew-d", 25.0),
+]:
     register_preset(
         _name,
-        Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, 50.0),
+        Preset(partial(build_tiny_upstream, _model_type), f"random init ({_model_type}, 4x64)", 5, 64, _frame_rate),
     )
 
 register_preset("tiny_whisper", Preset(build_tiny_whisper, "random init (whisper encoder, 4x64)", 5, 64, 50.0))
