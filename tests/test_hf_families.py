@@ -178,3 +178,13 @@ def test_s3prl_names_and_the_older_ones_name_the_same_checkpoints(monkeypatch, t
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UpstreamLoadError, match="microsoft/unispeech-sat-base-plus"):
         build_upstream("unispeech_sat_base_plus", local_files_only=True)
+
+
+@pytest.mark.parametrize("name", FAMILY_CONFIGS)
+def test_inspect_reads_a_saved_directory_of_every_family(family_dirs, name, capsys):
+    from recipes.cli import main
+
+    assert main(["inspect", "--upstream", f"hf:{family_dirs[name]}"]) == 0
+    out = capsys.readouterr().out
+    rate = 25 if name in SQUEEZED else 50  # SEW's layers run on pairs of CNN frames
+    assert f"5 hidden states of size 64, {rate} frames/s" in out
