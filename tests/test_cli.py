@@ -1,6 +1,7 @@
 """The `strata` command lists presets and summarises layers; errors come out as one line and exit code 2."""
 
 import numpy as np
+import pytest
 import soundfile
 
 from recipes.cli import main
@@ -38,6 +39,12 @@ def test_inspect_summarises_every_layer_of_a_tone(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "layer" not in line]
     assert [int(r.split("|")[1]) for r in rows] == [0, 1, 2, 3, 4]
     assert all(int(r.split("|")[2]) == 49 for r in rows)  # 1 s at 16 kHz -> 49 frames
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wav2vec2", "wavlm", "data2vec-audio"])
+def test_inspect_reads_a_saved_directory_of_each_first_family(tiny_dirs, model_type, capsys):
+    assert main(["inspect", "--upstream", f"hf:{tiny_dirs[model_type]}"]) == 0
+    assert "5 hidden states of size 64, 50 frames/s" in capsys.readouterr().out
 
 
 def test_inspect_reads_and_resamples_a_file(tmp_path, capsys):
