@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor
@@ -25,6 +26,8 @@ from .base import (
     split_feature_extractor,
 )
 from .names import Registry
+
+T = TypeVar("T")
 
 # transformers' WavLM attention mixes a bool padding mask with a float bias; torch warns on every call.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
@@ -197,7 +200,16 @@ def expects_attention_mask(config: PretrainedConfig) -> bool:
     return getattr(config, "feat_extract_norm", "layer") == "layer"
 
 
-def _readable_load_error(source: str, error: Exception) -> UpstreamLoadError:
+def saved_feature_extractor(cls: type[T], source: str, local_files_only: bool = False) -> T | None:
+    """The checkpoint's own feature-extractor settings (`preprocessor_config.json`) as `cls`, or None when it has
+    none: each family then falls back to what its config implies."""
+    try:
+        return cls.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError):
+        return None
+
+
+def readable_load_error(source: str, error: Exception) -> UpstreamLoadError:
     if Path(source).exists():
         return UpstreamLoadError(f"could not read a transformers model from {source}: {error}")
     if source.startswith(("/", "./", "../", "~")):
@@ -229,7 +241,7 @@ def load_config(source: str, local_files_only: bool = False) -> PretrainedConfig
         with _quiet_hub():
             return AutoConfig.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
-        raise _readable_load_error(source, error) from None
+        raise readable_load_error(source, error) from None
 
 
 def load_pretrained(
@@ -245,11 +257,8 @@ def load_pretrained(
     try:
         model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
-        raise _readable_load_error(source, error) from None
-    try:
-        extractor = Wav2Vec2FeatureExtractor.from_pretrained(source, local_files_only=local_files_only)
-    except (OSError, ValueError):
-        extractor = None
+        raise readable_load_error(source, error) from None
+    extractor = saved_feature_extractor(Wav2Vec2FeatureExtractor, source, local_files_only)
     if extractor is None:
         return model.eval(), expects_attention_mask(config), expects_attention_mask(config)
     return model.eval(), extractor.do_normalize, extractor.return_attention_mask

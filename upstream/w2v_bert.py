@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, SeamlessM4TFeatureExtractor, Wav2Vec2
 from transformers.audio_utils import mel_filter_bank, window_function
 
 from .base import Upstream, conv_output_lengths, lengths_to_mask
-from .hf import MODEL_TYPES, _readable_load_error
+from .hf import MODEL_TYPES, readable_load_error, saved_feature_extractor
 
 FRAME_LENGTH, HOP_LENGTH, FFT_LENGTH = 400, 160, 512  # 25 ms / 10 ms at 16 kHz, as the extractor fixes them
 MEL_FLOOR = 1.192092955078125e-07  # Kaldi's epsilon
@@ -137,11 +137,10 @@ def build_w2v_bert_upstream(source: str, config: PretrainedConfig, local_files_o
             source, config=config, dtype=torch.float32, local_files_only=local_files_only
         )
     except (OSError, ValueError) as error:
-        raise _readable_load_error(source, error) from None
-    try:
-        extractor = SeamlessM4TFeatureExtractor.from_pretrained(source, local_files_only=local_files_only)
-    except (OSError, ValueError):
-        extractor = SeamlessM4TFeatureExtractor()
+        raise readable_load_error(source, error) from None
+    extractor = (
+        saved_feature_extractor(SeamlessM4TFeatureExtractor, source, local_files_only) or SeamlessM4TFeatureExtractor()
+    )
     return W2vBertUpstream(model.eval(), fbank_from_extractor(extractor), name=source)
 
 

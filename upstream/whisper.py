@@ -18,7 +18,7 @@ from transformers import PretrainedConfig, WhisperConfig, WhisperFeatureExtracto
 
 from . import compat
 from .base import Upstream, lengths_to_mask
-from .hf import MODEL_TYPES, _readable_load_error
+from .hf import MODEL_TYPES, readable_load_error, saved_feature_extractor
 
 
 class WhisperLogMel(nn.Module):
@@ -134,11 +134,8 @@ def build_whisper_upstream(source: str, config: PretrainedConfig, local_files_on
     try:
         encoder = compat.load_whisper_encoder(source, local_files_only=local_files_only)
     except (OSError, ValueError) as error:
-        raise _readable_load_error(source, error) from None
-    try:
-        extractor = WhisperFeatureExtractor.from_pretrained(source, local_files_only=local_files_only)
-    except (OSError, ValueError):
-        extractor = window_extractor(config)
+        raise readable_load_error(source, error) from None
+    extractor = saved_feature_extractor(WhisperFeatureExtractor, source, local_files_only) or window_extractor(config)
     return WhisperUpstream(encoder.eval(), extractor, name=source)
 
 
