@@ -62,11 +62,6 @@ class ManifestDataModule(L.LightningDataModule):
         self.spec = spec
         self.datasets: dict[str, AudioDataset | CachedFeatureDataset] = {}
 
-    def bind(self, spec: InputSpec) -> ManifestDataModule:
-        """Take the model's `InputSpec` (what `spec=` gives at construction), before `setup`."""
-        self.spec = spec
-        return self
-
     @property
     def task(self) -> Task:
         if self.spec is None:
