@@ -59,3 +59,28 @@ def tone(seconds: float = 1.0, frequency: float = 440.0, sample_rate: int = 1600
     """A sine tone at half scale: audio anyone can generate, for demos and smoke runs."""
     t = torch.arange(int(seconds * sample_rate)) / sample_rate
     return 0.5 * torch.sin(2 * math.pi * frequency * t)
+
+
+def window_bounds(
+    wav: torch.Tensor, sample_rate: int, window_seconds: float, search_seconds: float = 3.0
+) -> list[tuple[int, int]]:
+    """`(start, end)` samples of consecutive windows of at most `window_seconds` that cover `wav [S]`: each cut is
+    at the quietest 20 ms of the last `search_seconds` before the window's end, so a word is rarely split (a
+    transcript of the windows joined then loses little)."""
+    limit = int(window_seconds * sample_rate)
+    if limit <= 0:
+        raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+    hop = max(int(0.02 * sample_rate), 1)
+    search = min(int(search_seconds * sample_rate), limit // 2)
+    bounds, start = [], 0
+    while wav.numel() - start > limit:
+        region = wav[start + limit - search : start + limit]
+        frames = region[: region.numel() // hop * hop].reshape(-1, hop)
+        if frames.numel():  # the middle of the quietest 20 ms
+            end = start + limit - search + int(frames.pow(2).mean(dim=1).argmin()) * hop + hop // 2
+        else:
+            end = start + limit
+        bounds.append((start, end))
+        start = end
+    bounds.append((start, wav.numel()))
+    return bounds

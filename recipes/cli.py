@@ -311,6 +311,106 @@ def embed(args: argparse.Namespace) -> None:
     print(f"wrote {len(embeddings)} embeddings of size {size} from {args.ckpt} to {out}")
 
 
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a run folder, a checkpoint, a `strata export` folder, or hf:<hub id>")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let the model name classes outside strata (runs their code: only for files you trust)",
+    )
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_argument(parser)
+    parser.add_argument("audio", nargs="*", help="audio files (any sample rate: resampled)")
+    parser.add_argument("--manifest", help="a JSONL manifest of the utterances instead of files")
+    parser.add_argument("--out", help="write the JSON lines here (default: standard output)")
+    parser.add_argument("--section", help="asd, for files: the clips' machine/section, e.g. fan/00 (default: the "
+                        "model's only one)")  # fmt: skip
+    parser.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch (default 120)")
+
+
+def _load_for_command(args: argparse.Namespace):
+    from .cache import resolve_device
+    from .inference import load_model
+
+    return load_model(args.model, device=resolve_device(args.device), trust_code=args.trust_code)
+
+
+@command("predict", "run a trained model on new audio: one JSON line per input (label, text, embedding, score)",
+         _predict_arguments)  # fmt: skip
+def predict(args: argparse.Namespace) -> None:
+    import json
+
+    from .inference import files_manifest, read_prediction_manifest
+
+    if bool(args.audio) == bool(args.manifest):
+        raise ValueError("give audio files or --manifest (one of them)")
+    model = _load_for_command(args)
+    if args.manifest:
+        manifest = read_prediction_manifest(args.manifest, model.task)
+    else:
+        fields = {}
+        if model.task.name == "asd":
+            sections = sorted((model.calibration.values.get("thresholds") or {}).keys())
+            section = args.section or (sections[0] if len(sections) == 1 else None)
+            if section is None or "/" not in section:
+                raise ValueError(f"--section machine/section is needed for asd files; the model knows {sections}")
+            fields = dict(zip(("machine", "section"), section.split("/", 1), strict=True))
+        manifest = files_manifest(args.audio, fields)
+    lines = (json.dumps(answer) + "\n" for answer in model.predict_manifest(manifest, args.batch_seconds,
+                                                                         progress=args.out is not None))  # fmt: skip
+    if args.out is None:
+        for line in lines:
+            sys.stdout.write(line)
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+    partial.replace(out)
+    print(f"wrote {len(manifest)} predictions of {args.model} to {out}")
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_argument(parser)
+    parser.add_argument("first", help="an audio file")
+    parser.add_argument("second", help="another audio file")
+
+
+@command("verify", "speaker verification of two files: the score and the decision at the test's EER threshold",
+         _verify_arguments)  # fmt: skip
+def verify(args: argparse.Namespace) -> None:
+    result = _load_for_command(args).verify(args.first, args.second)
+    decision = "same speaker" if result["same_speaker"] else "different speakers"
+    print(f"score {result['score']:.4f} (threshold {result['threshold']:.4f}): {decision}")
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run folder of `strata fit` (tested: its thresholds and figures go along)")
+    parser.add_argument("--out", required=True, help="the export folder to write")
+    parser.add_argument("--ckpt", help="best, last or a path (default: the checkpoint the last test used, else best)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this hub repository")
+    parser.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
+    parser.add_argument("--trust-code", action="store_true", help="the run names classes outside strata")
+
+
+@command("export", "a trained run as a self-contained model folder (hub layout, model card) to share or predict with",
+         _export_arguments)  # fmt: skip
+def export(args: argparse.Namespace) -> None:
+    from .export import export_run, push_to_hub
+
+    out = export_run(args.run, args.out, args.ckpt, overwrite=args.force, trust_code=args.trust_code)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"exported {args.run} to {out} ({size / 2**20:.2f} MiB: {files})")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
+
+
 def _manifest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the JSONL manifest to write")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -405,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         def run_command() -> None:
             COMMANDS[name][2](args)
 
-    user_errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+    user_errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError)
     # `strata env` must answer when torch or torchaudio cannot be imported; `strata run-dir`, asked by the recipes
     # once a run, needs neither and should not wait for them.
     if name not in ("env", "run-dir"):

@@ -22,6 +22,8 @@ from .optim import with_linear_warmup
 from .results import Results
 from .spec import InputSpec
 from .tasks import Evaluator, SplitData, Task, task_from_config
+from .tasks.base import Calibration
+from .trust import check_trusted
 
 # Where a checkpoint names the frozen upstream whose weights it leaves out: {"name": source, "fingerprint": hash}.
 FROZEN_UPSTREAM_KEY = "strata_frozen_upstream"
@@ -104,22 +106,32 @@ class SSLTaskModule(L.LightningModule):
         return runs.run_name(self.upstream_config.name, self.interface_config.name, self.upstream_config.trainable)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SSLTaskModule:
+    def from_config(cls, hparams: dict[str, Any], where: str, trust_code: bool = False) -> SSLTaskModule:
+        """A module built from its hyper-parameters as checkpoints and run configs keep them (plain dicts: `task`,
+        `upstream`, `interface`, `lr`, ...); one naming code outside strata is refused unless `trust_code`
+        (see recipes.trust)."""
+        hparams = {key: value for key, value in hparams.items() if not key.startswith("_")}
+        if "task" not in hparams:
+            raise ValueError(f"{where} is not a strata model (no task in its hyper-parameters)")
+        check_trusted(hparams, where, trust_code)
+        return cls(
+            task=task_from_config(hparams.pop("task")),
+            upstream=as_config(UpstreamConfig, hparams.pop("upstream", None), "upstream", "config"),
+            interface=as_config(InterfaceConfig, hparams.pop("interface", None), "interface", "config"),
+            **hparams,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", trust_code: bool = False
+    ) -> SSLTaskModule:
         """The trained module a `strata fit` checkpoint holds, rebuilt from its hyper-parameters (plain config
         dicts, so the file loads with `weights_only=True`)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        if "task" not in hparams:
-            raise ValueError(f"{path} is not a strata checkpoint (no task in its hyper-parameters)")
-        module = cls(
-            task=task_from_config(hparams.pop("task")),
-            upstream=as_config(UpstreamConfig, hparams.pop("upstream", None), "upstream", "config"),
-            interface=as_config(InterfaceConfig, hparams.pop("interface", None), "interface", "config"),
-            **{k: v for k, v in hparams.items() if not k.startswith("_")},
-        )
+        module = cls.from_config(dict(checkpoint.get("hyper_parameters") or {}), str(path), trust_code)
         module.on_load_checkpoint(checkpoint, where=str(path))
         module.load_state_dict(checkpoint["state_dict"])
         return module.eval()
@@ -276,6 +288,8 @@ class SSLTaskModule(L.LightningModule):
         )
         path = results.write(run_dir)
         written = self.evaluator.write(run_dir, title=f"{self.task.name}: {self.run_name}")
+        # What `strata predict` and `strata export` decide with (thresholds, reference embeddings).
+        written.append(self.evaluator.calibration().save(run_dir / Calibration.FILENAME))
         summary = ", ".join(f"{k} {v:.4f}" for k, v in results.metrics.items())
         print(f"{self.task.name} test ({results.num_utterances} utterances): {summary}")
         print("wrote " + ", ".join(str(p) for p in [path, *written]))

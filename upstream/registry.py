@@ -193,6 +193,15 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
+def imports_code(name: str) -> bool:
+    """Whether building the upstream `name` imports a module the name itself chooses (`package.module:factory`
+    that is no preset): what a model from someone else must not do unasked (see recipes.inference)."""
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix in SOURCES:
+        return False
+    return name not in presets() and FACTORY_SOURCE.fullmatch(name) is not None
+
+
 def build_from_factory(source: str, **options) -> Upstream:
     """Import `package.module` and call its `factory(**options)` (an attribute path: `module:Class.create` works)."""
     module_name, _, attribute = source.partition(":")

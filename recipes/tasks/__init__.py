@@ -6,8 +6,10 @@ from .asd import ASD_EMBEDDINGS, AnomalyEvaluator, AsdTask, AuxiliaryAccuracyEva
 from .asr import AsrTask, TranscriptionEvaluator, ctc_frames_needed
 from .base import (
     TASKS,
+    Calibration,
     EmbeddingTable,
     Evaluator,
+    Predictor,
     Reduce,
     SplitData,
     Task,
@@ -35,10 +37,12 @@ __all__ = [
     "AsdTask",
     "AsrTask",
     "AuxiliaryAccuracyEvaluator",
+    "Calibration",
     "ClassificationEvaluator",
     "EmbeddingTable",
     "EmotionTask",
     "Evaluator",
+    "Predictor",
     "Reduce",
     "SpeakerIdTask",
     "SpeakerVerificationTask",

@@ -27,7 +27,7 @@ from downstream.metrics import dcase_scores
 from upstream.names import Registry, as_config
 
 from ..data import Manifest, ManifestError, read_manifest
-from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, register_task
+from .base import Calibration, EmbeddingTable, Evaluator, Predictor, Reduce, SplitData, Task, register_task
 from .classification import AccuracyEvaluator
 
 
@@ -60,6 +60,53 @@ def ground_truth_given(manifest: Manifest) -> bool:
     return True
 
 
+def fit_scorer(task: AsdTask, source: torch.Tensor, target: torch.Tensor | None) -> Any:
+    """The task's scorer fitted on a section's normal training embeddings, source and target domain."""
+    scorer = build_scorer(task.scorer, **asdict(task.scorer_config))
+    return scorer.fit(source, target if target is not None and len(target) else None)
+
+
+def reference_key(machine: str, section: str, domain: str) -> str:
+    """Where a section's training embeddings of one domain are kept in the calibration."""
+    return f"reference/{machine}/{section}/{domain}"
+
+
+class AnomalyPredictor(Predictor):
+    """A clip's `score` against the training clips of its machine and section (the manifest's `machine` and
+    `section`), with the test's scorer, and its `decision` (`anomaly` above the section's gamma threshold)."""
+
+    def __init__(self, task: AsdTask, calibration: Calibration) -> None:
+        self.task, self.calibration = task, calibration
+        self.thresholds: dict[str, float] = calibration.values.get("thresholds", {})
+        if not self.thresholds:
+            raise ValueError("anomaly scoring needs the training clips' embeddings and thresholds: run `strata test`")
+        self.scorers: dict[str, Any] = {}
+
+    def _scorer(self, section: str) -> Any:
+        if section not in self.scorers:
+            if section not in self.thresholds:
+                known = ", ".join(sorted(self.thresholds))
+                raise ValueError(f"no training clips of machine/section {section}; this model knows {known}")
+            machine, number = section.split("/", 1)
+            source = self.calibration.tensors[reference_key(machine, number, "source")]
+            target = self.calibration.tensors.get(reference_key(machine, number, "target"))
+            self.scorers[section] = fit_scorer(self.task, source, target)
+        return self.scorers[section]
+
+    def __call__(self, outputs: Any, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        embeddings = getattr(outputs, "embeddings", outputs).detach().float().cpu()
+        answers = []
+        for row, entry in zip(embeddings, entries, strict=True):
+            if "machine" not in entry or "section" not in entry:
+                raise ValueError(f"{entry['id']}: anomaly scoring needs the clip's machine and section")
+            section = f"{entry['machine']}/{entry['section']}"
+            score = float(self._scorer(section).score(row[None]).float()[0])
+            decision = "anomaly" if score > self.thresholds[section] else "normal"
+            answers.append({"machine": entry["machine"], "section": entry["section"], "score": score,
+                            "decision": decision})  # fmt: skip
+        return answers
+
+
 class AnomalyEvaluator(Evaluator):
     """Scores test clips against the normal training clips of their machine and section (`scorer`, source and
     target separately), then evaluates as the DCASE 2023 evaluator does; decisions threshold each section at the
@@ -86,11 +133,14 @@ class AnomalyEvaluator(Evaluator):
             groups.setdefault((entry["machine"], entry["section"]), []).append(i)
         return groups
 
-    def _fit(self, rows: list[int], entries: list[dict[str, Any]]) -> Any:
+    def _domains(self, rows: list[int], entries: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference embeddings of `rows`, source and target domain (the latter possibly empty)."""
         source = [i for i in rows if entries[i].get("domain") != "target"]
         target = [i for i in rows if entries[i].get("domain") == "target"]
-        scorer = build_scorer(self.task.scorer, **asdict(self.task.scorer_config))
-        return scorer.fit(self.reference[source], self.reference[target] if target else None)
+        return self.reference[source], self.reference[target]
+
+    def _fit(self, rows: list[int], entries: list[dict[str, Any]]) -> Any:
+        return fit_scorer(self.task, *self._domains(rows, entries))
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
         if self.reference is None:
@@ -121,6 +171,21 @@ class AnomalyEvaluator(Evaluator):
     @property
     def num_utterances(self) -> int:
         return self.table.num_filled
+
+    def calibration(self) -> Calibration:
+        """Each tested section's normal training embeddings (by domain) and decision threshold: what scoring a new
+        clip of that machine and section takes."""
+        train = self.reference_manifest
+        tensors, thresholds = {}, {}
+        for (machine, section), rows in self._sections(train.entries).items():
+            if (machine, section) not in self.thresholds:
+                continue
+            source, target = self._domains(rows, train.entries)
+            tensors[reference_key(machine, section, "source")] = source
+            if len(target):
+                tensors[reference_key(machine, section, "target")] = target
+            thresholds[f"{machine}/{section}"] = self.thresholds[(machine, section)]
+        return Calibration({"thresholds": thresholds}, tensors)
 
     def details(self) -> dict[str, Any]:
         scored = "scored" if self.labelled else "unlabelled: anomaly scores and decisions only, no metrics"
@@ -281,6 +346,9 @@ class AsdTask(Task):
         if split.name == "test":
             return AnomalyEvaluator(self, split)
         return AuxiliaryAccuracyEvaluator(self.classes)
+
+    def predictor(self, calibration: Calibration) -> Predictor:
+        return AnomalyPredictor(self, calibration)
 
 
 class AuxiliaryAccuracyEvaluator(AccuracyEvaluator):

@@ -14,7 +14,26 @@ from downstream.metrics import cer, wer, word_errors
 
 from ..data import Manifest
 from ..tokenizer import Tokenizer, normalize_text, train_from_manifest
-from .base import Evaluator, Reduce, SplitData, Task, gather_objects, register_task
+from .base import Calibration, Evaluator, Predictor, Reduce, SplitData, Task, gather_objects, register_task
+
+
+class TranscriptPredictor(Predictor):
+    """CTC outputs -> `text`, decoded as the test decodes (the task's `decoder`); windows of a long input are
+    joined with a space."""
+
+    def __init__(self, task: AsrTask) -> None:
+        self.task = task
+
+    def __call__(self, outputs: CTCOutput, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        log_probs, lengths = outputs.log_probs.detach().float().cpu(), outputs.lengths.cpu()
+        if self.task.decoder == "beam":
+            best = self.task.beam_decoder.decode(log_probs, lengths)
+        else:
+            best = greedy_decode(log_probs, lengths)
+        return [{"text": self.task.text_tokenizer.decode(ids)} for ids in best]
+
+    def join(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"text": " ".join(text for answer in answers if (text := answer["text"].strip()))}
 
 
 class TranscriptionEvaluator(Evaluator):
@@ -96,6 +115,7 @@ class AsrTask(Task):
 
     name = "asr"
     fields = {"text": str}
+    window_seconds = 30.0  # longer inputs are transcribed in windows cut at their quietest point
     monitor = "WER"
     monitor_mode = "min"
 
@@ -212,6 +232,9 @@ class AsrTask(Task):
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return TranscriptionEvaluator(self, split, beam=self.decoder == "beam" and split.name == "test")
+
+    def predictor(self, calibration: Calibration) -> Predictor:
+        return TranscriptPredictor(self)
 
 
 def ctc_frames_needed(ids: list[int]) -> int:

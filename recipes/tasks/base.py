@@ -5,8 +5,9 @@ that one LightningModule serves them all; the registry, and helpers the tasks sh
 # (jsonargparse, `typing.get_type_hints`), where the names in Task's annotations (ClassVar, ...) may be missing.
 import dataclasses
 import importlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,6 +71,55 @@ def task_from_config(config: dict[str, Any]) -> "Task":
     return cls(**init_args)
 
 
+@dataclass
+class Calibration:
+    """What a test measured that later decisions need: verification's EER threshold and training-set mean, ASD's
+    reference embeddings and per-section thresholds. `strata test` writes it into the run folder
+    (`calibration.safetensors`), `strata export` carries it, `strata predict` decides with it. `values` are plain
+    JSON (kept in the file's metadata), `tensors` the arrays."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "calibration.safetensors"
+
+    def save(self, path: str | Path) -> Path:
+        """Write to `path` through a temporary name, so a crash never leaves half a file there."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        tensors = {key: value.detach().cpu().contiguous() for key, value in self.tensors.items()}
+        save_file(tensors, str(partial), metadata={"values": json.dumps(self.values)})
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                values = json.loads((handle.metadata() or {}).get("values", "{}"))
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 -- not a dict
+        except (SafetensorError, OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"could not read the calibration {path}: {error}") from None
+        return cls(values, tensors)
+
+
+class Predictor:
+    """Turns the head's outputs for a batch (in eval mode) into the task's answer per utterance, as
+    `strata predict` writes them: one JSON-able dict each. `entries` are the utterances' manifest entries (ASD
+    reads their machine and section)."""
+
+    def __call__(self, outputs: Any, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def join(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
+        """One answer from those of consecutive windows of a long input (only tasks with `window_seconds`)."""
+        raise NotImplementedError
+
+
 class Evaluator:
     """Accumulates what a metric needs over an evaluation epoch and turns it into numbers at the end."""
 
@@ -96,6 +146,10 @@ class Evaluator:
         """Embeddings `[N, E]` of the task's `test_reference_split` (rows = `manifest` entries), given before the
         test is scored."""
         raise NotImplementedError
+
+    def calibration(self) -> Calibration:
+        """What this test measured that the task's `predictor` decides with (after `compute`); most need none."""
+        return Calibration()
 
 
 class Task:
@@ -162,6 +216,13 @@ class Task:
 
     def evaluator(self, split: SplitData) -> Evaluator:
         raise NotImplementedError
+
+    # Inputs longer than this are cut into windows for prediction and their answers joined (`Predictor.join`).
+    window_seconds: ClassVar[float | None] = None
+
+    def predictor(self, calibration: Calibration) -> Predictor:
+        """What `strata predict` answers from the head's outputs, deciding with what the test measured."""
+        raise NotImplementedError(f"the {self.name} task has no predictions")
 
     def config(self) -> dict[str, Any]:
         """The task as LightningCLI writes it: class path and init arguments (its fields, as plain data)."""

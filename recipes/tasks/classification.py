@@ -11,23 +11,66 @@ from torch import nn
 from downstream.classifier import UtteranceClassifier
 from downstream.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 
-from ..data import Manifest
-from .base import Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
+from ..data import Manifest, write_jsonl
+from .base import (
+    Calibration,
+    Evaluator,
+    Predictor,
+    Reduce,
+    SplitData,
+    Task,
+    encode_labels,
+    gather_objects,
+    register_task,
+    speakers_from_data,
+)
 
 
-class ClassificationEvaluator(Evaluator):
-    """Confusion matrix over an epoch -> UA (mean per-class recall) and WA (accuracy); plots it at test time."""
+class ClassPredictor(Predictor):
+    """Logits -> the most probable class (`label`) and the softmax probability of each class (`scores`, most
+    probable first; only the `max_scores` most probable when there are more classes, as for speaker ID over
+    VoxCeleb's 1,251 speakers)."""
+
+    max_scores: ClassVar[int] = 20
 
     def __init__(self, classes: list[str]) -> None:
         self.classes = classes
+
+    def __call__(self, outputs: torch.Tensor, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        probabilities = outputs.detach().float().softmax(dim=-1).cpu()
+        top = probabilities.topk(min(self.max_scores, probabilities.size(-1)), dim=-1)
+        return [
+            {
+                "label": self.classes[int(indices[0])],
+                "scores": {self.classes[int(i)]: float(p) for p, i in zip(values, indices, strict=True)},
+            }
+            for values, indices in zip(top.values, top.indices, strict=True)
+        ]
+
+
+class ClassificationEvaluator(Evaluator):
+    """Confusion matrix over an epoch -> UA (mean per-class recall) and WA (accuracy); at test, the confusion plot
+    and `predictions.jsonl` (each utterance's predicted label, reference and class probabilities)."""
+
+    def __init__(self, classes: list[str], split: SplitData | None = None, label_field: str | None = None) -> None:
+        self.classes = classes
+        self.split, self.label_field = split, label_field
         self.confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+        self.predictor = ClassPredictor(classes)
+        self.answers: dict[int, dict[str, Any]] = {}  # manifest index -> predicted label and scores
 
     def update(self, outputs: torch.Tensor, batch: dict[str, Any]) -> None:
         predictions = outputs.argmax(dim=-1).cpu()
         self.confusion += confusion_matrix(predictions, batch["targets"].cpu(), len(self.classes))
+        if self.split is not None and self.split.name == "test":
+            self.answers.update(zip(batch["indices"].tolist(), self.predictor(outputs, []), strict=True))
 
     def compute(self, reduce: Reduce) -> dict[str, float]:
         self.confusion = reduce(self.confusion)
+        merged: dict[int, dict[str, Any]] = {}
+        for part in gather_objects(self.answers):
+            merged.update(part)
+        self.answers = merged
         return {"UA": unweighted_accuracy(self.confusion), "WA": weighted_accuracy(self.confusion)}
 
     @property
@@ -37,7 +80,16 @@ class ClassificationEvaluator(Evaluator):
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from ..plots import plot_confusion
 
-        return [plot_confusion(self.confusion, self.classes, run_dir / "confusion.png", title=title)]
+        written = [plot_confusion(self.confusion, self.classes, run_dir / "confusion.png", title=title)]
+        if self.answers:
+            entries = self.split.manifest.entries
+            rows = [
+                {"id": entries[i]["id"], "audio": entries[i]["audio"], "reference": entries[i].get(self.label_field),
+                 **self.answers[i]}
+                for i in sorted(self.answers)
+            ]  # fmt: skip
+            written.append(write_jsonl(run_dir / "predictions.jsonl", rows))
+        return written
 
 
 class UtteranceClassificationTask(Task):
@@ -57,6 +109,9 @@ class UtteranceClassificationTask(Task):
 
     def targets(self, manifest: Manifest, split: str) -> list[int]:
         return encode_labels(manifest, self.label_field, self.labels, self.unknown_label())
+
+    def predictor(self, calibration: Calibration) -> Predictor:
+        return ClassPredictor(self.labels)
 
     def build_head(self, input_size: int) -> nn.Module:
         return UtteranceClassifier(
@@ -109,7 +164,7 @@ class EmotionTask(UtteranceClassificationTask):
         )
 
     def evaluator(self, split: SplitData) -> Evaluator:
-        return ClassificationEvaluator(self.classes)
+        return ClassificationEvaluator(self.classes, split, self.label_field)
 
 
 class AccuracyEvaluator(ClassificationEvaluator):
@@ -182,4 +237,4 @@ class SpeakerIdTask(UtteranceClassificationTask):
         )
 
     def evaluator(self, split: SplitData) -> Evaluator:
-        return AccuracyEvaluator(self.speakers)
+        return AccuracyEvaluator(self.speakers, split, self.label_field)

@@ -16,7 +16,31 @@ from downstream.speaker import EXTRACTORS, EcapaConfig, XVectorConfig, cosine_sc
 from upstream.names import as_config
 
 from ..data import Manifest
-from .base import EmbeddingTable, Evaluator, Reduce, SplitData, Task, encode_labels, register_task, speakers_from_data
+from .base import (
+    Calibration,
+    EmbeddingTable,
+    Evaluator,
+    Predictor,
+    Reduce,
+    SplitData,
+    Task,
+    encode_labels,
+    register_task,
+    speakers_from_data,
+)
+
+
+class EmbeddingPredictor(Predictor):
+    """The utterance's speaker embedding (`embedding`, as the test scores it: before any mean subtraction)."""
+
+    def __call__(self, outputs: EmbeddingOutput, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"embedding": row.tolist()} for row in outputs.embeddings.detach().float().cpu()]
+
+
+def verification_score(first: torch.Tensor, second: torch.Tensor, calibration: Calibration) -> float:
+    """The test's cosine score of two embeddings `[E]`, after subtracting the training mean when the test did."""
+    mean = calibration.tensors.get("mean")
+    return float(cosine_scores(first[None].float(), second[None].float(), mean=mean)[0])
 
 
 class VerificationEvaluator(Evaluator):
@@ -34,6 +58,7 @@ class VerificationEvaluator(Evaluator):
         self.table = EmbeddingTable(len(split.manifest))
         self.scores: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # subtracted from every embedding before scoring, when set
+        self.thresholds: dict[str, float] = {}  # metric -> the score threshold at which it was reached
 
     def update(self, outputs: EmbeddingOutput, batch: dict[str, Any]) -> None:
         self.table.add(batch["indices"], outputs.embeddings)
@@ -50,9 +75,11 @@ class VerificationEvaluator(Evaluator):
             )
         embeddings = self.table.vectors
         self.scores = cosine_scores(embeddings[trials.enroll], embeddings[trials.test], mean=self.mean)
-        metrics = {"EER": eer(self.scores, trials.labels)[0]}
+        metrics, self.thresholds = {}, {}
+        metrics["EER"], self.thresholds["EER"] = eer(self.scores, trials.labels)
         for p_target in self.p_targets:
-            metrics[f"minDCF@{p_target:g}"] = min_dcf(self.scores, trials.labels, p_target=p_target)[0]
+            name = f"minDCF@{p_target:g}"
+            metrics[name], self.thresholds[name] = min_dcf(self.scores, trials.labels, p_target=p_target)
         return metrics
 
     @property
@@ -64,6 +91,12 @@ class VerificationEvaluator(Evaluator):
 
     def set_reference(self, embeddings: torch.Tensor, manifest: Manifest) -> None:
         self.mean = embeddings.mean(0)
+
+    def calibration(self) -> Calibration:
+        """The thresholds of the EER and minDCF operating points (a trial is "same speaker" when its score is at
+        least the threshold; `strata verify` decides at the EER's) and the subtracted mean, if any."""
+        tensors = {} if self.mean is None else {"mean": self.mean}
+        return Calibration({"thresholds": self.thresholds, "decision_threshold": "EER"}, tensors)
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from ..plots import plot_det
@@ -156,3 +189,6 @@ class SpeakerVerificationTask(Task):
 
     def evaluator(self, split: SplitData) -> Evaluator:
         return VerificationEvaluator(split)
+
+    def predictor(self, calibration: Calibration) -> Predictor:
+        return EmbeddingPredictor()
