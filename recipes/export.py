@@ -94,9 +94,14 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: choose another --out or pass --force to replace it")
-    loaded = load_run(run_dir, checkpoint, trust_code)
     results_path = run_dir / "results.json"
-    results = Results.read(results_path) if results_path.is_file() else None
+    if not results_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no results.json: run `strata test` first, so that the export carries the test's figures "
+            "and decision thresholds"
+        )
+    results = Results.read(results_path)
+    loaded = load_run(run_dir, checkpoint, trust_code)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

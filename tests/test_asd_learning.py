@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from egs_scripts import load_script
+from exports import export_and_predict
 
+from downstream.metrics import dcase_scores
 from recipes.audio import read_audio
 from recipes.cli import main
 from recipes.data import write_jsonl
@@ -50,13 +52,19 @@ def test_frozen_fbank_embeddings_score_above_0_7_without_training(frozen_run):
     assert not (run_dir / "checkpoints").exists()  # nothing was trained
 
 
-def test_trained_embedding_writes_scores_decisions_and_roc_per_machine(machines, tmp_path):
-    run_dir = tmp_path / "trained"
+@pytest.fixture(scope="module")
+def trained_run(machines, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("trained")
     train = ["--data.train", str(machines / "train.jsonl")]
     assert main(["fit", *common(run_dir), *train, "--data.valid", str(machines / "valid.jsonl"),
                  "--trainer.max_epochs", "2"]) == 0  # fmt: skip
-    assert "classes:" in (run_dir / "config.yaml").read_text()
     assert main(["test", *common(run_dir), *train, "--data.test", str(machines / "test.jsonl")]) == 0
+    return run_dir
+
+
+def test_trained_embedding_writes_scores_decisions_and_roc_per_machine(machines, trained_run):
+    run_dir = trained_run
+    assert "classes:" in (run_dir / "config.yaml").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     print("asd trained embedding, 2 epochs:", round(results["official_score"], 3))
     assert results["official_score"] > 0.58  # 0.63 measured; chance is 0.5
@@ -68,6 +76,36 @@ def test_trained_embedding_writes_scores_decisions_and_roc_per_machine(machines,
         assert {line.split(",")[0] for line in scores} <= test_names
         assert {line.split(",")[1] for line in decisions} <= {"0", "1"}
         assert (run_dir / f"roc_{machine}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_asd_export_scores_and_decides_as_the_test_did(machines, trained_run, tmp_path, capsys):
+    predicted = export_and_predict(trained_run, machines / "test.jsonl", tmp_path)
+    entries = [json.loads(line) for line in open(machines / "test.jsonl")]
+    assert [p["id"] for p in predicted] == [e["id"] for e in entries]
+    for machine in ("fan", "pump", "gearbox"):
+        tested = {}
+        for kind in ("anomaly_score", "decision_result"):
+            for line in (trained_run / f"{kind}_{machine}_section_00_test.csv").read_text().splitlines():
+                name, value = line.split(",")
+                tested.setdefault(name, []).append(float(value))
+        mine = [p for p in predicted if p["machine"] == machine]
+        assert len(mine) == len(tested)
+        for p in mine:
+            score, decision = tested[Path(p["audio"]).name]
+            assert abs(p["score"] - score) < 1e-5 and p["decision"] == ("anomaly" if decision else "normal")
+    scores = torch.tensor([p["score"] for p in predicted])
+    figures = dcase_scores(scores, [int(e["label"] == "anomaly") for e in entries], [e["domain"] for e in entries],
+                           [e["machine"] for e in entries], [e["section"] for e in entries])  # fmt: skip
+    results = json.loads((trained_run / "results.json").read_text())
+    assert figures["official_score"] == pytest.approx(results["official_score"], abs=1e-6)
+    # A file on its own is scored against the section `--section` names (needed: this model knows three).
+    clip, export = str(machines / entries[0]["audio"]), str(tmp_path / "export")
+    capsys.readouterr()
+    assert main(["predict", export, clip]) == 2
+    assert "--section machine/section is needed" in capsys.readouterr().err
+    assert main(["predict", export, clip, "--section", f"{entries[0]['machine']}/{entries[0]['section']}"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert abs(alone["score"] - predicted[0]["score"]) < 1e-5 and alone["decision"] == predicted[0]["decision"]
 
 
 def test_unlabelled_evaluation_clips_get_the_same_scores_and_no_metrics(machines, frozen_run, tmp_path):

@@ -3,6 +3,7 @@ held-out speakers through trials, then `strata embed` of the trained extractor."
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from exports import export_and_predict
 
+from downstream.metrics import eer
 from recipes.cli import main
 from recipes.module import SSLTaskModule
 
@@ -29,8 +32,16 @@ def run(task: str, corpus: Path, run_dir: Path, *test_extra: str) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def test_speaker_id_beats_chance_by_a_wide_margin(mini_corpus, tmp_path):
-    results = run("speaker_id", mini_corpus, tmp_path)
+@pytest.fixture(scope="module")
+def speaker_id_run(mini_corpus, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("speaker_id")
+    run("speaker_id", mini_corpus, run_dir)
+    return run_dir
+
+
+def test_speaker_id_beats_chance_by_a_wide_margin(mini_corpus, speaker_id_run):
+    tmp_path = speaker_id_run
+    results = json.loads((tmp_path / "results.json").read_text())
     print(f"speaker_id fbank: accuracy {results['accuracy']:.3f}")
     speakers = {json.loads(line)["speaker"] for line in open(mini_corpus / "speaker_id" / "train.jsonl")}
     assert results["task"] == "speaker_id" and results["num_utterances"] == len(speakers)
@@ -44,6 +55,18 @@ def verification_run(mini_corpus, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("verification")
     run("speaker_verification", mini_corpus, run_dir, "--data.trials", str(trials_path(mini_corpus)))
     return run_dir
+
+
+def test_a_speaker_id_export_predicts_what_the_test_scored(mini_corpus, speaker_id_run, tmp_path):
+    predicted = export_and_predict(speaker_id_run, mini_corpus / "speaker_id" / "test.jsonl", tmp_path)
+    tested = [json.loads(line) for line in (speaker_id_run / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["label"]) for p in predicted] == [(t["id"], t["label"]) for t in tested]
+    for p, t in zip(predicted, tested, strict=True):
+        assert len(p["scores"]) == 20  # the 20 most probable of the 48 speakers
+        assert p["scores"].keys() == t["scores"].keys() and next(iter(p["scores"])) == p["label"]
+        assert max(abs(p["scores"][c] - t["scores"][c]) for c in t["scores"]) < 1e-5
+    accuracy = sum(p["label"] == t["reference"] for p, t in zip(predicted, tested, strict=True)) / len(tested)
+    assert accuracy == pytest.approx(json.loads((speaker_id_run / "results.json").read_text())["accuracy"])
 
 
 def trials_path(corpus: Path) -> Path:
@@ -81,6 +104,31 @@ def test_embed_writes_one_embedding_per_id_equal_to_the_module_s(mini_corpus, ve
     with torch.no_grad():
         alone = module.embed(wav[None], torch.tensor([wav.numel()]))[0].numpy()
     np.testing.assert_allclose(embeddings[entries[0]["id"]], alone, atol=1e-4)
+
+
+def test_a_verification_export_embeds_and_decides_as_the_test_scored(mini_corpus, verification_run, tmp_path, capsys):
+    manifest = mini_corpus / "speaker_verification" / "test.jsonl"
+    predicted = export_and_predict(verification_run, manifest, tmp_path)
+    embeddings = {p["id"]: torch.tensor(p["embedding"]) for p in predicted}
+    rows = [line.split() for line in (verification_run / "scores.txt").read_text().splitlines()]
+    scores = torch.stack([torch.cosine_similarity(embeddings[a], embeddings[b], dim=0) for _, a, b, _ in rows])
+    tested = torch.tensor([float(score) for *_, score in rows])
+    assert (scores - tested).abs().max() < 1e-5  # scores.txt keeps 6 decimals
+    labels = torch.tensor([int(label) for label, *_ in rows])
+    results = json.loads((verification_run / "results.json").read_text())
+    assert eer(scores, labels)[0] == pytest.approx(results["EER"], abs=1e-6)
+    # `strata verify` scores a trial as the test did and decides at the EER threshold the export carries.
+    calibration = json.loads((tmp_path / "export" / "strata.json").read_text())["decisions"]
+    threshold = calibration["thresholds"]["EER"]
+    assert eer(scores, labels)[1] == pytest.approx(threshold, abs=1e-5)
+    entries = {json.loads(line)["id"]: json.loads(line)["audio"] for line in open(manifest)}
+    _, first, second, score = rows[0]
+    audio = [str(manifest.parent / entries[name]) for name in (first, second)]
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "export"), *audio]) == 0
+    printed = re.fullmatch(r"score (\S+) \(threshold (\S+)\): (.+)\n", capsys.readouterr().out)
+    assert abs(float(printed[1]) - float(score)) < 1e-4 and abs(float(printed[2]) - threshold) < 1e-4
+    assert printed[3] == ("same speaker" if float(score) >= threshold else "different speakers")
 
 
 def test_a_trial_naming_an_unknown_id_is_a_one_line_error(mini_corpus, verification_run, tmp_path, capsys):
