@@ -32,7 +32,22 @@ def short_run(corpus: Path, run_dir: Path, *options: str) -> Path:
               "--model.upstream.name", "tiny_hubert", *options]  # fmt: skip
     emotion = corpus / "emotion"
     manifests = ["--data.train", str(emotion / "train.jsonl"), "--data.valid", str(emotion / "valid.jsonl")]
-    assert main(["fit", *common, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", *manifests]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *common,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "3",
+                "--trainer.limit_val_batches",
+                "2",
+                *manifests,
+            ]
+        )
+        == 0
+    )
     assert main(["test", *common, "--data.test", str(emotion / "test.jsonl")]) == 0
     return run_dir
 
@@ -114,7 +129,7 @@ def test_any_sample_rate_is_resampled(export, tmp_path):
     model = load_model(export)
     wav = tone(seconds=1.2, frequency=300.0, sample_rate=8000)
     path = tmp_path / "eight_khz.wav"
-    soundfile.write(path, wav.numpy(), 8000)
+    soundfile.write(path, wav.numpy(), 8000, subtype="FLOAT")
     from_file = model.predict(path)
     from_waveform = model.predict(wav, sample_rate=8000)
     assert from_file["scores"] == pytest.approx(from_waveform["scores"], abs=1e-6)
@@ -178,50 +193,54 @@ def test_weights_of_another_model_are_refused_naming_the_mismatch(export, tmp_pa
 
 
 @pytest.fixture
-def booby_trap(tmp_path, monkeypatch) -> Path:
-    """A module that leaves a file behind when imported: proof that refusing it ran none of its code."""
-    (tmp_path / "strata_trap.py").write_text(
+def booby_trap(tmp_path, monkeypatch, request) -> tuple[str, Path]:
+    """A module (its name unique to the test) that leaves a file behind when imported: proof that refusing it ran
+    none of its code. Its `Task` is strata's emotion task; its `factory` raises."""
+    name = f"strata_trap_{abs(hash(request.node.nodeid))}"
+    (tmp_path / f"{name}.py").write_text(
         "from pathlib import Path\nPath(__file__).with_name('ran').write_text('imported')\n"
         "from recipes.tasks import EmotionTask as Task\ndef factory(**options):\n    raise RuntimeError('ran')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path / "ran"
+    return name, tmp_path / "ran"
 
 
 @pytest.mark.parametrize(
     "section, key, value, named",
-    [
-        ("task", "class_path", "strata_trap.Task", "the task class 'strata_trap.Task'"),
-        ("upstream", "name", "strata_trap:factory", "the upstream 'strata_trap:factory'"),
-    ],
-)
+    [("task", "class_path", "{}.Task", "the task class '{}.Task'"),
+     ("upstream", "name", "{}:factory", "the upstream '{}:factory'")],
+)  # fmt: skip
 def test_an_export_naming_code_outside_strata_is_refused_without_running_it(
     export, tmp_path, booby_trap, section, key, value, named, capsys
 ):
+    trap, marker = booby_trap
     foreign = tmp_path / "foreign"
     shutil.copytree(export, foreign)
     config = json.loads((foreign / "strata.json").read_text())
-    config["module"][section][key] = value
+    config["module"][section][key] = value.format(trap)
     (foreign / "strata.json").write_text(json.dumps(config))
-    with pytest.raises(UntrustedModelError, match=named):
+    with pytest.raises(UntrustedModelError, match=named.format(trap)):
         load_model(foreign)
     assert main(["predict", str(foreign), str(tmp_path / "any.wav")]) == 2
     assert "--trust-code" in capsys.readouterr().err
-    assert not booby_trap.exists()  # nothing of it was imported
-    # Trusted on request: then its code does run (here the import leaves its mark).
-    with pytest.raises(Exception):  # noqa: B017 -- the trap's task has other weights, its factory raises
+    assert not marker.exists()  # nothing of it was imported
+    # Trusted on request, its code runs: the import leaves its mark (and its factory raises).
+    try:
         load_model(foreign, trust_code=True)
-    assert booby_trap.exists()
+    except RuntimeError as error:
+        assert str(error) == "ran"  # noqa: PT017
+    assert marker.exists()
 
 
 def test_a_checkpoint_naming_a_foreign_task_is_refused(frozen_run, tmp_path, booby_trap):
+    trap, marker = booby_trap
     checkpoint = torch.load(frozen_run / "checkpoints" / "best.ckpt", weights_only=True)
-    checkpoint["hyper_parameters"]["task"]["class_path"] = "strata_trap.Task"
+    checkpoint["hyper_parameters"]["task"]["class_path"] = f"{trap}.Task"
     path = tmp_path / "foreign.ckpt"
     torch.save(checkpoint, path)
     with pytest.raises(UntrustedModelError):
         load_model(path)
-    assert not booby_trap.exists()
+    assert not marker.exists()
 
 
 def test_an_unreachable_hub_model_is_a_clear_error(tmp_path):
