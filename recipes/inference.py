@@ -91,11 +91,13 @@ def run_checkpoint(run_dir: Path, checkpoint: str | None = None) -> Path | None:
         return Path(checkpoint)
     tested = run_dir / "config_test.yaml"
     if tested.is_file():
-        config = _read_yaml(tested)
-        if config.get("ckpt_path") and Path(config["ckpt_path"]).is_file():
-            return Path(config["ckpt_path"])
-        if not config.get("ckpt_path"):
+        used = _read_yaml(tested).get("ckpt_path")
+        if not used:
             return None  # tested without one: nothing trains (e.g. frozen ASD embeddings)
+        # Recorded relative to where `strata test` ran: else found by name among the run's checkpoints.
+        for path in (Path(used), run_dir / "checkpoints" / Path(used).name):
+            if path.is_file():
+                return path
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():
         return best
@@ -109,7 +111,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, trust_code: boo
     run_dir = Path(run_dir)
     path = run_checkpoint(run_dir, checkpoint)
     if path is not None:
-        module = SSLTaskModule.from_checkpoint(path, trust_code=trust_code)
+        module = SSLTaskModule.from_checkpoint(path, trust_code=trust_code, files_from=run_dir)
     else:
         config = run_dir / "config_test.yaml"
         module = SSLTaskModule.from_config(_read_yaml(config).get("model") or {}, str(config), trust_code).eval()

@@ -57,6 +57,22 @@ class InterfaceConfig:
         return {key: value for key, value in asdict(self).items() if key != "name" and value is not None}
 
 
+def relocate_task_files(task: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`task` (a `Task.config()`) with each file it names that does not exist replaced by the file of the same name
+    in `folder`, when there is one."""
+    init_args = dict(task.get("init_args") or {})
+    for key, value in init_args.items():
+        if key in TASK_FILES and isinstance(value, str) and not Path(value).is_file():
+            moved = folder / Path(value).name
+            if moved.is_file():
+                init_args[key] = str(moved)
+    return {**task, "init_args": init_args}
+
+
+# Task options that name files (ASR's tokenizer, language model and lexicon).
+TASK_FILES = ("tokenizer", "lm", "lexicon")
+
+
 class SSLTaskModule(L.LightningModule):
     """One module for every task: the `Task` supplies labels, the head (which owns its loss) and metrics.
 
@@ -123,15 +139,24 @@ class SSLTaskModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, map_location: str | torch.device = "cpu", trust_code: bool = False
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        trust_code: bool = False,
+        files_from: Path | None = None,
     ) -> SSLTaskModule:
         """The trained module a `strata fit` checkpoint holds, rebuilt from its hyper-parameters (plain config
-        dicts, so the file loads with `weights_only=True`)."""
+        dicts, so the file loads with `weights_only=True`). A file the task names (the ASR tokenizer) that is not
+        where it was recorded (a path relative to where `strata fit` ran) is taken from `files_from`, the run
+        folder, when it is there."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        module = cls.from_config(dict(checkpoint.get("hyper_parameters") or {}), str(path), trust_code)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        if files_from is not None and isinstance(hparams.get("task"), dict):
+            hparams["task"] = relocate_task_files(hparams["task"], files_from)
+        module = cls.from_config(hparams, str(path), trust_code)
         module.on_load_checkpoint(checkpoint, where=str(path))
         module.load_state_dict(checkpoint["state_dict"])
         return module.eval()

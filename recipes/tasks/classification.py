@@ -52,6 +52,8 @@ class ClassificationEvaluator(Evaluator):
     """Confusion matrix over an epoch -> UA (mean per-class recall) and WA (accuracy); at test, the confusion plot
     and `predictions.jsonl` (each utterance's predicted label, reference and class probabilities)."""
 
+    max_plotted_classes: ClassVar[int | None] = None  # no confusion plot beyond this many classes
+
     def __init__(self, classes: list[str], split: SplitData | None = None, label_field: str | None = None) -> None:
         self.classes = classes
         self.split, self.label_field = split, label_field
@@ -71,6 +73,9 @@ class ClassificationEvaluator(Evaluator):
         for part in gather_objects(self.answers):
             merged.update(part)
         self.answers = merged
+        return self.metrics()
+
+    def metrics(self) -> dict[str, float]:
         return {"UA": unweighted_accuracy(self.confusion), "WA": weighted_accuracy(self.confusion)}
 
     @property
@@ -80,7 +85,9 @@ class ClassificationEvaluator(Evaluator):
     def write(self, run_dir: Path, title: str) -> list[Path]:
         from ..plots import plot_confusion
 
-        written = [plot_confusion(self.confusion, self.classes, run_dir / "confusion.png", title=title)]
+        written = []
+        if self.max_plotted_classes is None or len(self.classes) <= self.max_plotted_classes:
+            written.append(plot_confusion(self.confusion, self.classes, run_dir / "confusion.png", title=title))
         if self.answers:
             entries = self.split.manifest.entries
             rows = [
@@ -170,14 +177,10 @@ class EmotionTask(UtteranceClassificationTask):
 class AccuracyEvaluator(ClassificationEvaluator):
     """Closed-set identification among many classes: accuracy, and a confusion plot only when it is readable."""
 
-    max_plotted_classes: ClassVar[int] = 30
+    max_plotted_classes = 30
 
-    def compute(self, reduce: Reduce) -> dict[str, float]:
-        self.confusion = reduce(self.confusion)
+    def metrics(self) -> dict[str, float]:
         return {"accuracy": weighted_accuracy(self.confusion)}
-
-    def write(self, run_dir: Path, title: str) -> list[Path]:
-        return super().write(run_dir, title) if len(self.classes) <= self.max_plotted_classes else []
 
 
 @register_task
