@@ -328,7 +328,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the JSON lines here (default: standard output)")
     parser.add_argument("--section", help="asd, for files: the clips' machine/section, e.g. fan/00 (default: the "
                         "model's only one)")  # fmt: skip
-    parser.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch (default 120)")
+    parser.add_argument("--batch-seconds", type=float,
+                        help="padded audio per batch (default: as the model's test batched, else 120)")  # fmt: skip
 
 
 def _load_for_command(args: argparse.Namespace):

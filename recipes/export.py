@@ -143,6 +143,7 @@ def write_export(
         "sample_rate": module.upstream.sample_rate,
         "frame_rate": module.upstream.frame_rate,
         "decisions": calibration.values,
+        "predict": {"batch_seconds": loaded.batch_seconds},
         "results": results.to_dict() if results else None,
         "data": data,
         "exported_from": {

@@ -63,6 +63,7 @@ class RunModel:
     calibration: Calibration
     checkpoint: Path | None  # the checkpoint the weights came from (None: an export, or nothing trained)
     run_dir: Path | None
+    batch_seconds: float | None = None  # how the test batched (padded audio per batch), when known
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -117,7 +118,17 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, trust_code: boo
         module = SSLTaskModule.from_config(_read_yaml(config).get("model") or {}, str(config), trust_code).eval()
     calibration_path = run_dir / Calibration.FILENAME
     calibration = Calibration.load(calibration_path) if calibration_path.is_file() else Calibration()
-    return RunModel(module, calibration, path, run_dir)
+    return RunModel(module, calibration, path, run_dir, tested_batch_seconds(run_dir))
+
+
+def tested_batch_seconds(run_dir: Path) -> float | None:
+    """The padded audio per batch of the run's last test (`--data.max_batch_seconds`), None when unknown."""
+    for name in ("config_test.yaml", "config.yaml"):
+        if (run_dir / name).is_file():
+            value = (_read_yaml(run_dir / name).get("data") or {}).get("max_batch_seconds")
+            if isinstance(value, int | float):
+                return float(value)
+    return None
 
 
 def read_export_config(folder: Path) -> dict[str, Any]:
@@ -167,7 +178,7 @@ def load_export(folder: str | Path, trust_code: bool = False) -> RunModel:
                          f"{' '.join(str(error).split())[:400]}") from None  # fmt: skip
     calibration_path = folder / Calibration.FILENAME
     calibration = Calibration.load(calibration_path) if calibration_path.is_file() else Calibration()
-    return RunModel(module.eval(), calibration, None, None)
+    return RunModel(module.eval(), calibration, None, None, (config.get("predict") or {}).get("batch_seconds"))
 
 
 def load_run_model(source: str | Path, checkpoint: str | None = None, trust_code: bool = False) -> RunModel:
@@ -196,7 +207,7 @@ def load_model(
     `checkpoint` picks a run folder's checkpoint (`best`, `last`, a path); `trust_code` allows a model file to
     name classes outside strata (only for files you trust: building them runs their code)."""
     loaded = load_run_model(source, checkpoint, trust_code)
-    return StrataModel(loaded.module, loaded.calibration, str(source)).to(device)
+    return StrataModel(loaded.module, loaded.calibration, str(source), loaded.batch_seconds).to(device)
 
 
 class StrataModel:
@@ -205,12 +216,22 @@ class StrataModel:
     `predict(audio)` answers as `strata predict` writes it: emotion and speaker ID `label` and `scores` (class ->
     probability), verification `embedding`, ASR `text`, ASD `score` and `decision` (ASD needs the clip's `machine`
     and `section`: pass them as keywords). `audio` is a file path, a waveform (`sample_rate` given, resampled when
-    it differs from the model's), or a list of either (a list of answers)."""
+    it differs from the model's), or a list of either (a list of answers).
 
-    def __init__(self, module: Any, calibration: Calibration, source: str = "") -> None:
+    `batch_seconds` is how `predict_manifest` batches by default: as the test did, when the run says. It matters
+    for upstreams that take no padding mask (the group-norm wav2vec 2.0 and HuBERT base checkpoints): their frames
+    depend on the padding, so an utterance batched with others, or alone (as `predict` runs it), gets slightly
+    different answers; with the test's batching a manifest's answers are exactly the test's."""
+
+    default_batch_seconds = 120.0  # the data module's default
+
+    def __init__(
+        self, module: Any, calibration: Calibration, source: str = "", batch_seconds: float | None = None
+    ) -> None:
         self.module = module.eval()
         self.calibration = calibration
         self.source = source
+        self.batch_seconds = batch_seconds or self.default_batch_seconds
         self._predictor: Predictor | None = None
 
     @property
@@ -322,13 +343,15 @@ class StrataModel:
         return {"score": score, "threshold": thresholds["EER"], "same_speaker": score >= thresholds["EER"]}
 
     def predict_manifest(
-        self, manifest: Manifest, batch_seconds: float = 120.0, num_workers: int = 2, progress: bool = True
+        self, manifest: Manifest, batch_seconds: float | None = None, num_workers: int = 2, progress: bool = True
     ) -> Iterator[dict[str, Any]]:
         """One answer per manifest entry (`id`, `audio`, then the task's), in manifest order; batched as the
-        test batches (`batch_seconds` of padded audio, length-sorted), with audio decoded in `num_workers`."""
+        test batches (`batch_seconds` of padded audio, by default the test's; length-sorted), with audio decoded in
+        `num_workers` processes."""
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
+        batch_seconds = batch_seconds or self.batch_seconds
         dataset = AudioDataset(manifest, self.sample_rate, min_samples=getattr(self.module.upstream, "min_samples", 0))
         sampler = BucketBatchSampler(manifest.durations, batch_seconds, shuffle=False)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollate(), num_workers=num_workers)

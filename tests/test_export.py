@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from recipes.audio import read_audio, tone, window_bounds
 from recipes.cli import main
-from recipes.inference import load_model, resolve_source
+from recipes.inference import load_model, read_prediction_manifest, resolve_source
 from recipes.tasks import Calibration
 from recipes.trust import UntrustedModelError
 from upstream import build_upstream
@@ -86,6 +86,23 @@ def test_a_fine_tuned_upstream_travels_in_the_export_and_predicts_as_the_run(min
     fresh.module.upstream.load_state_dict(build_upstream("tiny_hubert").state_dict())
     wav = read_audio(tested[0]["audio"], 16000)
     assert fresh.predict(wav, sample_rate=16000)["scores"] != pytest.approx(predicted[0]["scores"], abs=1e-5)
+
+
+def test_an_upstream_without_padding_mask_predicts_exactly_as_tested_when_batched_as_the_test(
+    mini_corpus, tiny_dirs, tmp_path
+):
+    """The group-norm wav2vec 2.0 (as the base checkpoints) sees the padding, so an utterance's answer depends on its
+    batch: predict batches a manifest as the run's test did (recorded in the export)."""
+    run_dir = short_run(mini_corpus, tmp_path / "run", "--model.upstream.name", f"hf:{tiny_dirs['wav2vec2']}")
+    predicted = export_and_predict(run_dir, mini_corpus / "emotion" / "test.jsonl", tmp_path)
+    assert json.loads((tmp_path / "export" / "strata.json").read_text())["predict"] == {"batch_seconds": 20.0}
+    tested = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [p["scores"] for p in predicted] == [t["scores"] for t in tested]  # exactly
+    # Batched otherwise, the same utterances get other answers.
+    model = load_model(tmp_path / "export")
+    manifest = read_prediction_manifest(mini_corpus / "emotion" / "test.jsonl", model.task)
+    other = list(model.predict_manifest(manifest, batch_seconds=120, num_workers=0, progress=False))
+    assert [p["scores"] for p in other] != [t["scores"] for t in tested]
 
 
 def test_a_frozen_upstream_is_left_out_and_checked_by_its_fingerprint(frozen_run, export):
