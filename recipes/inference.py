@@ -95,8 +95,10 @@ def run_checkpoint(run_dir: Path, checkpoint: str | None = None) -> Path | None:
         used = _read_yaml(tested).get("ckpt_path")
         if not used:
             return None  # tested without one: nothing trains (e.g. frozen ASD embeddings)
-        # Recorded relative to where `strata test` ran: else found by name among the run's checkpoints.
-        for path in (Path(used), run_dir / "checkpoints" / Path(used).name):
+        # Recorded relative to where `strata test` ran: else found by name among the run's checkpoints (or its
+        # parent's, for a test set's own results folder inside the run).
+        name = Path(used).name
+        for path in (Path(used), run_dir / "checkpoints" / name, run_dir.parent / "checkpoints" / name):
             if path.is_file():
                 return path
     best = run_dir / "checkpoints" / "best.ckpt"

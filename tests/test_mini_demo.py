@@ -78,6 +78,20 @@ def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tm
     assert trials == ["test", "test"]  # speaker verification's trials score the test set only
 
 
+def test_stage_8_exports_each_tested_run_and_predicts_its_test_set(tmp_path):
+    tested = ("emotion", "asr")  # the others have no results.json: nothing to export
+    for task in tested:
+        (tmp_path / "exp" / task / "fbank_weighted_sum").mkdir(parents=True)
+        (tmp_path / "exp" / task / "fbank_weighted_sum" / "results.json").write_text("{}")
+    calls = recorded_calls(tmp_path, "--demo", "true", "--stage", "8", "--stop_stage", "8")
+    exports = [call for call in calls if call[0] == "export"]
+    predicts = [call for call in calls if call[0] == "predict"]
+    assert [call[1] for call in exports] == [str(tmp_path / "exp" / task / "fbank_weighted_sum") for task in tested]
+    assert [call[1] for call in predicts] == [option(call, "--out") for call in exports]
+    manifests = [str(tmp_path / "data" / task / "test.jsonl") for task in tested]
+    assert [option(call, "--manifest") for call in predicts] == manifests
+
+
 def test_a_trained_upstream_and_a_tag_name_their_own_run_folders(tmp_path):
     calls = recorded_calls(tmp_path, "--demo", "true", "--stop_stage", "1", "--trainable", "top:2", "--tag", "lr3")
     fit, test = (call for call in calls if call[0] in ("fit", "test"))

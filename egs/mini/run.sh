@@ -2,7 +2,8 @@
 # The mini corpus end to end on a laptop CPU, offline: generate the corpus, train and test each task for
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
 # 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 7 pre-training a tiny
-# HuBERT on the corpus audio and probing it against its random-initialised twin, 100 report.
+# HuBERT on the corpus audio and probing it against its random-initialised twin, 8 exporting each task's run of the
+# first upstream and predicting its test set with the export, 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert (about forty minutes, 2 cores)
 #   bash run.sh --demo true                      # what `make demo` runs: every task with fbank, one ASD run, a
 #                                                # layer probe of tiny_hubert, the results table (<= 15 minutes)
@@ -150,6 +151,23 @@ if stage_on 7 && [ "${demo}" != true ]; then
     done
     log "Stage 7: best-layer probe scores, pre-trained against random twin"
     strata report "${exp_dir}/pretrain"
+fi
+
+if stage_on 8; then
+    up=${upstream%% *}
+    log "Stage 8: each task's ${up} run exported (model folder + card) and run on its test set with strata predict"
+    for task in emotion speaker_id speaker_verification asr asd; do
+        run=$(upstream=${up} run_dir "${task}")
+        if [ ! -f "${run}/results.json" ]; then
+            log "no tested ${run} (stages 1-5): nothing to export"
+            continue
+        fi
+        export_dir="${exp_dir}/exports/${task}/$(basename "${run}")"
+        strata export "${run}" --out "${export_dir}" --force
+        strata predict "${export_dir}" --manifest "${data_dir}/${task}/test.jsonl" \
+            --out "${export_dir}/test_predictions.jsonl"
+        [ -f "${export_dir}/test_predictions.jsonl" ] && head -n 2 "${export_dir}/test_predictions.jsonl" | cut -c 1-200
+    done
 fi
 
 if stage_on 100; then
