@@ -194,13 +194,16 @@ def model_card(config: dict[str, Any], module: Any) -> str:
         rows = [[split, f"`{d['path']}`", f"`{d['sha256']}`" if d["sha256"] else "(file gone)"]
                 for split, d in config["data"].items()]  # fmt: skip
         lines += ["", "## Data", "", markdown_table(["split", "manifest", "sha256"], rows)]
+    sections = sorted(thresholds or {}) if task == "asd" else []
+    section = f" --section {sections[0]}" if sections else ""
     lines += [
         "",
         "## Use",
         "",
+        "With strata installed (`pip install -e .` in a clone):",
+        "",
         "```bash",
-        "pip install strata  # or a clone: pip install -e .",
-        "strata predict <this folder or hf:<repo id>> audio.wav           # one JSON line per input",
+        f"strata predict <this folder or hf:<repo id>> audio.wav{section}    # one JSON line per input",
         "strata predict <this folder or hf:<repo id>> --manifest test.jsonl --out predictions.jsonl",
         *(["strata verify <this folder or hf:<repo id>> a.wav b.wav"] if task == "speaker_verification" else []),
         "```",
