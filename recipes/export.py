@@ -68,6 +68,16 @@ def module_hparams(module: Any) -> dict[str, Any]:
     return hparams
 
 
+BUNDLED_UPSTREAM = "upstream"  # where an export keeps a frozen upstream that was a local folder
+
+
+def local_upstream_folder(name: str) -> Path | None:
+    """The folder of an upstream given as a local transformers directory (`hf:<dir>` or `<dir>`), else None (a
+    preset, a hub id, or another kind of source)."""
+    path = Path(name[3:] if name.startswith("hf:") else name)
+    return path if path.is_dir() and (path / "config.json").is_file() else None
+
+
 def export_state(module: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The weights an export stores (a frozen upstream's left out, as in checkpoints) and the upstream's record."""
     from .module import FROZEN_UPSTREAM_KEY
@@ -134,6 +144,11 @@ def write_export(
         hparams["task"]["init_args"]["tokenizer"] = "tokenizer.model"
     if calibration.values or calibration.tensors:
         calibration.save(folder / Calibration.FILENAME)
+    local = local_upstream_folder(upstream["name"])
+    if local is not None and not upstream["weights_included"]:
+        # A folder on this machine (e.g. a `strata pretrain` output) would not exist where the export goes: copied.
+        shutil.copytree(local, folder / BUNDLED_UPSTREAM)
+        upstream["bundled"] = BUNDLED_UPSTREAM
     config = {
         "format": EXPORT_FORMAT,
         "strata_version": strata_version,
@@ -165,12 +180,16 @@ def model_card(config: dict[str, Any], module: Any) -> str:
         front.append(f"pipeline_tag: {PIPELINE_TAGS[task]}")
     front.append("---")
     interface = module.interface_config.name
-    upstream_text = (
-        f"`{upstream['name']}`, trained ({upstream['trainable']}); its weights are in `model.safetensors`"
-        if upstream["weights_included"]
-        else f"`{upstream['name']}`, frozen; rebuilt from that source on load and checked against weight "
-        f"fingerprint `{upstream['fingerprint']}`"
-    )
+    if upstream["weights_included"]:
+        upstream_text = (
+            f"`{upstream['name']}`, trained ({upstream['trainable']}); its weights are in `model.safetensors`"
+        )
+    elif upstream.get("bundled"):
+        upstream_text = (f"`{upstream['name']}`, frozen, a local model copied into `{upstream['bundled']}/` (loaded "
+                         f"from there, checked against weight fingerprint `{upstream['fingerprint']}`)")  # fmt: skip
+    else:
+        upstream_text = (f"`{upstream['name']}`, frozen; rebuilt from that source on load and checked against weight "
+                         f"fingerprint `{upstream['fingerprint']}`")  # fmt: skip
     lines = [
         *front,
         "",

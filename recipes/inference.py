@@ -162,6 +162,9 @@ def load_export(folder: str | Path, trust_code: bool = False) -> RunModel:
     if init_args.get("tokenizer"):  # kept relative to the export
         init_args["tokenizer"] = str(folder / init_args["tokenizer"])
         hparams["task"] = {**task, "init_args": init_args}
+    upstream = config.get("upstream") or {}
+    if upstream.get("bundled"):  # a local upstream folder the export carries
+        hparams["upstream"] = {**hparams.get("upstream", {}), "name": f"hf:{folder / upstream['bundled']}"}
     module = SSLTaskModule.from_config(hparams, str(folder / EXPORT_CONFIG), trust_code)
     weights = folder / "model.safetensors"
     try:
@@ -169,7 +172,6 @@ def load_export(folder: str | Path, trust_code: bool = False) -> RunModel:
     except (SafetensorError, OSError) as error:
         raise ValueError(f"could not read the weights {weights}: {error}") from None
     checkpoint: dict[str, Any] = {"state_dict": state}
-    upstream = config.get("upstream") or {}
     if not upstream.get("weights_included"):
         checkpoint[FROZEN_UPSTREAM_KEY] = {"name": upstream.get("name"), "fingerprint": upstream.get("fingerprint")}
     module.on_load_checkpoint(checkpoint, where=str(folder))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
-from exports import export_and_predict
+from exports import export_and_predict, predict_in_new_process
 from safetensors import safe_open
 
 from recipes.audio import read_audio, tone, window_bounds
@@ -88,18 +88,23 @@ def test_a_fine_tuned_upstream_travels_in_the_export_and_predicts_as_the_run(min
     assert fresh.predict(wav, sample_rate=16000)["scores"] != pytest.approx(predicted[0]["scores"], abs=1e-5)
 
 
-def test_an_upstream_without_padding_mask_predicts_exactly_as_tested_when_batched_as_the_test(
-    mini_corpus, tiny_dirs, tmp_path
-):
-    """The group-norm wav2vec 2.0 (as the base checkpoints) sees the padding, so an utterance's answer depends on its
-    batch: predict batches a manifest as the run's test did (recorded in the export)."""
-    run_dir = short_run(mini_corpus, tmp_path / "run", "--model.upstream.name", f"hf:{tiny_dirs['wav2vec2']}")
-    predicted = export_and_predict(run_dir, mini_corpus / "emotion" / "test.jsonl", tmp_path)
-    assert json.loads((tmp_path / "export" / "strata.json").read_text())["predict"] == {"batch_seconds": 20.0}
+def test_a_local_upstream_folder_travels_in_the_export_and_predicts_exactly_as_tested(mini_corpus, tiny_dirs, tmp_path):
+    """A frozen upstream from a folder on this machine (here a group-norm wav2vec 2.0, which sees the padding, as the
+    base checkpoints do) is copied into the export, which then works with the folder gone; predict batches a
+    manifest as the run's test did, so its answers are exactly the test's."""
+    local = shutil.copytree(tiny_dirs["wav2vec2"], tmp_path / "my_upstream")
+    run_dir = short_run(mini_corpus, tmp_path / "run", "--model.upstream.name", f"hf:{local}")
+    export = tmp_path / "export"
+    assert main(["export", str(run_dir), "--out", str(export)]) == 0
+    config = json.loads((export / "strata.json").read_text())
+    assert config["upstream"]["bundled"] == "upstream" and (export / "upstream" / "config.json").is_file()
+    assert config["predict"] == {"batch_seconds": 20.0}
+    shutil.rmtree(local)
+    predicted = predict_in_new_process(export, mini_corpus / "emotion" / "test.jsonl", tmp_path)
     tested = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert [p["scores"] for p in predicted] == [t["scores"] for t in tested]  # exactly
     # Batched otherwise, the same utterances get other answers.
-    model = load_model(tmp_path / "export")
+    model = load_model(export)
     manifest = read_prediction_manifest(mini_corpus / "emotion" / "test.jsonl", model.task)
     other = list(model.predict_manifest(manifest, batch_seconds=120, num_workers=0, progress=False))
     assert [p["scores"] for p in other] != [t["scores"] for t in tested]
