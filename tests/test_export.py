@@ -32,22 +32,9 @@ def short_run(corpus: Path, run_dir: Path, *options: str) -> Path:
               "--model.upstream.name", "tiny_hubert", *options]  # fmt: skip
     emotion = corpus / "emotion"
     manifests = ["--data.train", str(emotion / "train.jsonl"), "--data.valid", str(emotion / "valid.jsonl")]
-    assert (
-        main(
-            [
-                "fit",
-                *common,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.limit_train_batches",
-                "3",
-                "--trainer.limit_val_batches",
-                "2",
-                *manifests,
-            ]
-        )
-        == 0
-    )
+    fit = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+           "--trainer.log_every_n_steps", "1"]  # fmt: skip
+    assert main(["fit", *common, *fit, *manifests]) == 0
     assert main(["test", *common, "--data.test", str(emotion / "test.jsonl")]) == 0
     return run_dir
 
