@@ -48,7 +48,10 @@ class InterfaceConfig:
 
     name: str = "weighted_sum"
     layer: int | None = None  # `layer`: which hidden state (negative counts from the end)
-    normalize: bool | None = None  # `weighted_sum`: layer-norm each hidden state first
+    normalize: bool | None = None  # `weighted_sum`, `grouped_weighted_sum`: layer-norm each hidden state first
+    groups: int | None = None  # `grouped_weighted_sum`: contiguous groups of hidden states (default 2)
+    attention_size: int | None = None  # `layer_attention`: the encoder's width (default 128)
+    attention_layers: int | None = None  # `layer_attention`: transformer layers over the layer axis (default 1)
     output_size: int | None = None  # any: a linear map to this width (default: the upstream's hidden size)
 
     @property

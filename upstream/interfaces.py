@@ -22,7 +22,8 @@ def build_interface(name: str, num_layers: int, hidden_size: int, **kw) -> Inter
 class Interface(nn.Module):
     """`forward(hidden_states: L+1 x [B, T, D], lengths [B]) -> [B, T, output_size]`, padded frames set to zero.
 
-    `output_size` defaults to the hidden size; when the combination has another width, a linear layer maps it.
+    `output_size` defaults to the hidden size (`grouped_weighted_sum`: groups x hidden size); when the combination
+    has another width, a linear layer maps it.
     """
 
     name: str
@@ -80,6 +81,17 @@ class SingleLayer(Interface):
         return f"layer={self.layer}"
 
 
+def weighted_sum(weights: torch.Tensor, hidden_states: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+    """sum_i weights[i] * h_i over states `[B, T, D]`, each layer-normed per frame (no affine) first if `normalize`."""
+    total = 0.0
+    # A running sum instead of a stacked [L+1, B, T, D] copy: half the peak memory for large models.
+    for weight, state in zip(weights, hidden_states, strict=True):
+        if normalize:
+            state = F.layer_norm(state, state.shape[-1:])
+        total = total + weight * state
+    return total
+
+
 @register("weighted_sum")
 class WeightedSum(Interface):
     """SUPERB's featurizer: softmax(w) over layers, w initialised to zero (a plain mean at the start), optionally
@@ -95,14 +107,7 @@ class WeightedSum(Interface):
         return F.softmax(self.weight_logits, dim=0)
 
     def combine(self, hidden_states):
-        weights = self.layer_weights()
-        total = 0.0
-        # A running sum instead of a stacked [L+1, B, T, D] copy: half the peak memory for large models.
-        for weight, state in zip(weights, hidden_states, strict=True):
-            if self.normalize:
-                state = F.layer_norm(state, state.shape[-1:])
-            total = total + weight * state
-        return total
+        return weighted_sum(self.layer_weights(), hidden_states, self.normalize)
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, normalize={self.normalize}"
@@ -168,3 +173,117 @@ class HierarchicalConv(Interface):
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, depth={self.depth}, remaining_positions={self.remaining_positions}"
+
+
+def group_sizes(num_states: int, groups: int) -> list[int]:
+    """Sizes of `groups` contiguous groups of `num_states` states, as equal as possible: the first
+    `num_states % groups` groups (the lower layers) take one state more, as `torch.tensor_split` does."""
+    if not 1 <= groups <= num_states:
+        raise ValueError(
+            f"groups must be between 1 and the number of hidden states ({num_states}); got {groups} "
+            "(set the interface's groups option)"
+        )
+    size, extra = divmod(num_states, groups)
+    return [size + 1 if i < extra else size for i in range(groups)]
+
+
+@register("grouped_weighted_sum")
+class GroupedWeightedSum(Interface):
+    """The L+1 states in `groups` contiguous groups (see `group_sizes`), a SUPERB weighted sum within each group,
+    the G sums side by side: G x D wide, so that layers of different groups do not collide in one vector (Shih &
+    Harwath 2024). `output_size` defaults to G x D; another value adds a linear map. `groups=1` is `weighted_sum`.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        groups: int = 2,
+        normalize: bool = False,
+        output_size: int | None = None,
+    ):
+        sizes = group_sizes(num_layers, groups)
+        super().__init__(num_layers, hidden_size, output_size or groups * hidden_size)
+        self.groups, self.sizes, self.normalize = groups, sizes, normalize
+        stops = [sum(sizes[: i + 1]) for i in range(groups)]
+        self.bounds = [(stop - size, stop) for size, stop in zip(sizes, stops, strict=True)]
+        # Not named weight_logits: `strata weights` reads that as one softmax over all layers.
+        self.group_logits = nn.Parameter(torch.zeros(num_layers))
+        self.set_combined_size(groups * hidden_size)
+
+    def layer_weights(self) -> torch.Tensor:
+        """The weights `[L+1]`, a softmax within each group (each group's slice sums to one), for plots."""
+        return torch.cat([F.softmax(logits, dim=0) for logits in self.group_logits.split(self.sizes)])
+
+    def combine(self, hidden_states):
+        weights = self.layer_weights().split(self.sizes)
+        sums = [
+            weighted_sum(group_weights, hidden_states[start:stop], self.normalize)
+            for group_weights, (start, stop) in zip(weights, self.bounds, strict=True)
+        ]
+        return torch.cat(sums, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, group_sizes={self.sizes}, normalize={self.normalize}"
+
+
+@register("concat_projection")
+class ConcatProjection(Concat):
+    """Shih & Harwath's "concat + projection": `concat` whose linear map to `output_size` is always there, even
+    where the widths already match (one hidden state, or `output_size` = (L+1) x D), so it always learns a map."""
+
+    def set_combined_size(self, size: int) -> None:
+        self.project = nn.Linear(size, self.output_size)
+
+
+@register("layer_attention")
+class LayerAttention(Interface):
+    """A small transformer encoder over the layer axis (Shih & Harwath 2024): for each frame the sequence
+    [CLS, h_0, ..., h_L], with a learnable CLS vector and learnable layer-position embeddings; the CLS output is
+    the frame's feature, mapped to `output_size` (default D).
+
+    Each state is layer-normed per frame (no affine: SSL layers differ in scale by orders of magnitude) and mapped
+    by one shared linear layer to `attention_size` (4 heads, feed-forward 4x, pre-LN, no dropout), so the encoder
+    sees [B*T, L+2, attention_size], not D-wide states. Frames never attend to one another: padding cannot leak.
+    """
+
+    HEADS = 4
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        attention_size: int = 128,
+        attention_layers: int = 1,
+        output_size: int | None = None,
+    ):
+        super().__init__(num_layers, hidden_size, output_size)
+        if attention_size < 1 or attention_size % self.HEADS:
+            raise ValueError(f"attention_size must be a positive multiple of {self.HEADS}; got {attention_size}")
+        if attention_layers < 1:
+            raise ValueError(f"attention_layers must be at least 1; got {attention_layers}")
+        self.attention_size, self.attention_layers = attention_size, attention_layers
+        self.input = nn.Linear(hidden_size, attention_size)
+        self.cls = nn.Parameter(torch.randn(attention_size) * 0.02)
+        self.positions = nn.Parameter(torch.randn(num_layers + 1, attention_size) * 0.02)  # CLS, then each layer
+        layer = nn.TransformerEncoderLayer(
+            attention_size, self.HEADS, 4 * attention_size, dropout=0.0, batch_first=True, norm_first=True
+        )
+        # The nested-tensor fast path only serves padded sequences, and these are all L+2 long.
+        self.encoder = nn.TransformerEncoder(layer, attention_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(attention_size)  # pre-LN leaves the residual stream unnormalised
+        self.set_combined_size(attention_size)
+
+    def combine(self, hidden_states):
+        # Project before stacking: a [B, T, L+1, attention_size] copy, never [B, T, L+1, D].
+        x = torch.stack([self.input(F.layer_norm(h, h.shape[-1:])) for h in hidden_states], dim=2)
+        batch, frames, layers, width = x.shape
+        x = torch.cat([self.cls.expand(batch, frames, 1, width), x], dim=2) + self.positions
+        x = self.encoder(x.reshape(batch * frames, layers + 1, width))  # [B*T, L+2, attention_size]
+        return self.norm(x[:, 0]).reshape(batch, frames, width)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_layers={self.num_layers}, attention_size={self.attention_size}, "
+            f"attention_layers={self.attention_layers}, heads={self.HEADS}"
+        )
