@@ -1,13 +1,14 @@
 """Interfaces combine layers as their definitions say, and only they and the head learn on a frozen upstream."""
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from upstream import build_upstream
-from upstream.interfaces import INTERFACES, build_interface, hconv_depth
+from upstream.interfaces import INTERFACES, build_interface, group_sizes, hconv_depth
 
 
 def states(num_layers=5, batch=2, frames=7, dim=16, seed=0):
@@ -99,6 +100,179 @@ def test_hconv_narrows_channels_so_no_projection_is_needed_when_sizes_divide():
 def test_every_interface_refuses_the_wrong_layer_count(name):
     with pytest.raises(ValueError, match="hidden states"):
         build_interface(name, 5, 16)(states(4), LENGTHS)
+
+
+def padded_states(num_layers=5, dim=16):
+    """States of a batch whose second utterance (4 of 7 frames) is padded with garbage, as an upstream may leave."""
+    hidden = states(num_layers, dim=dim)
+    for state in hidden:
+        state[1, 4:] = 1e3 * torch.randn(3, dim)
+    return hidden
+
+
+@pytest.mark.parametrize("name", sorted(INTERFACES))
+def test_every_interface_gives_each_utterance_the_same_frames_padded_or_alone(name):
+    interface = build_interface(name, 5, 16)
+    hidden = padded_states()
+    batched = interface(hidden, LENGTHS)
+    for index, length in enumerate(LENGTHS.tolist()):
+        alone = interface([h[index : index + 1, :length] for h in hidden], LENGTHS[index : index + 1])
+        assert (batched[index, :length] - alone[0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(INTERFACES))
+def test_every_interface_sets_padded_frames_to_zero(name):
+    out = build_interface(name, 5, 16)(padded_states(), LENGTHS)
+    assert torch.all(out[1, 4:] == 0) and out[1, :4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(INTERFACES))
+def test_every_interface_trains_all_its_parameters(name):
+    interface = build_interface(name, 5, 16, output_size=8)  # a projection, so that every one has parameters
+    hidden = states()
+    out = interface(hidden, LENGTHS)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    for parameter_name, parameter in interface.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
+
+
+@pytest.mark.parametrize(
+    "name,options,width",
+    [
+        ("grouped_weighted_sum", {}, 2 * 16),
+        ("grouped_weighted_sum", {"groups": 3}, 3 * 16),
+        ("grouped_weighted_sum", {"groups": 3, "output_size": 10}, 10),
+        ("concat_projection", {}, 16),
+        ("concat_projection", {"output_size": 10}, 10),
+        ("layer_attention", {}, 16),
+        ("layer_attention", {"attention_size": 32, "attention_layers": 2, "output_size": 10}, 10),
+    ],
+)
+def test_new_interfaces_have_their_documented_width(name, options, width):
+    interface = build_interface(name, 5, 16, **options)
+    assert interface.output_size == width
+    assert interface(states(), LENGTHS).shape == (2, 7, width)
+
+
+@pytest.mark.parametrize("num_states,groups,sizes", [(5, 2, [3, 2]), (13, 3, [5, 4, 4]), (5, 5, [1] * 5), (7, 1, [7])])
+def test_groups_are_contiguous_and_as_equal_as_possible(num_states, groups, sizes):
+    assert group_sizes(num_states, groups) == sizes
+    assert build_interface("grouped_weighted_sum", num_states, 4, groups=groups).sizes == sizes
+
+
+def test_grouped_weighted_sum_concatenates_a_softmax_weighted_sum_per_group():
+    hidden = states()
+    interface = build_interface("grouped_weighted_sum", 5, 16, groups=2)  # groups: states 0-2, states 3-4
+    logits = [0.5, -1.0, 2.0, 0.0, 1.0]
+    with torch.no_grad():
+        interface.group_logits.copy_(torch.tensor(logits))
+    first = torch.softmax(torch.tensor(logits[:3]), 0)
+    second = torch.softmax(torch.tensor(logits[3:]), 0)
+    expected = torch.cat(
+        [sum(w * h for w, h in zip(first, hidden[:3], strict=True)),
+         sum(w * h for w, h in zip(second, hidden[3:], strict=True))],
+        dim=-1,
+    )  # fmt: skip
+    out = interface(hidden, torch.tensor([7, 7]))
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert interface.layer_weights().tolist() == pytest.approx([*first.tolist(), *second.tolist()])
+
+
+def test_grouped_weighted_sum_with_one_group_is_the_weighted_sum():
+    hidden = states()
+    grouped = build_interface("grouped_weighted_sum", 5, 16, groups=1, normalize=True)
+    plain = build_interface("weighted_sum", 5, 16, normalize=True)
+    with torch.no_grad():
+        grouped.group_logits.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0]))
+        plain.weight_logits.copy_(grouped.group_logits)
+    assert torch.allclose(grouped(hidden, LENGTHS), plain(hidden, LENGTHS), atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [0, -1, 6])
+def test_grouped_weighted_sum_refuses_groups_outside_one_to_the_state_count(groups):
+    with pytest.raises(
+        ValueError, match=rf"groups must be between 1 and the number of hidden states \(5\); got {groups}"
+    ):
+        build_interface("grouped_weighted_sum", 5, 16, groups=groups)
+
+
+def test_concat_projection_is_concat_with_a_projection_even_when_widths_match():
+    hidden = states()
+    concat = build_interface("concat", 5, 16)
+    projection = build_interface("concat_projection", 5, 16)
+    projection.load_state_dict(concat.state_dict())
+    assert torch.equal(projection(hidden, LENGTHS), concat(hidden, LENGTHS))
+    assert isinstance(build_interface("concat", 1, 16).project, nn.Identity)
+    assert isinstance(build_interface("concat_projection", 1, 16).project, nn.Linear)
+
+
+def test_layer_attention_runs_one_short_sequence_per_frame_through_the_encoder():
+    interface = build_interface("layer_attention", 5, 16, attention_size=32, attention_layers=2)
+    assert len(interface.encoder.layers) == 2
+    seen = []
+    interface.encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    interface(states(), LENGTHS)
+    assert seen == [(2 * 7, 1 + 5, 32)]  # [B*T, CLS + the L+1 states, attention_size]
+
+
+def test_layer_attention_reads_every_layer_and_only_its_own_frame():
+    hidden = [h.requires_grad_() for h in states()]
+    out = build_interface("layer_attention", 5, 16)(hidden, LENGTHS)
+    out[0, 3].sum().backward()
+    for state in hidden:
+        assert state.grad[0, 3].abs().sum() > 0
+        assert state.grad.abs().sum() == state.grad[0, 3].abs().sum()
+
+
+@pytest.mark.parametrize("options", [{"attention_size": 30}, {"attention_size": 0}, {"attention_layers": 0}])
+def test_layer_attention_refuses_bad_sizes(options):
+    with pytest.raises(ValueError, match="attention_size must be a positive multiple of 4|attention_layers must be"):
+        build_interface("layer_attention", 5, 16, **options)
+
+
+@pytest.mark.parametrize(
+    "name,valid",
+    [
+        ("grouped_weighted_sum", "['groups', 'normalize', 'output_size']"),
+        ("concat_projection", "['output_size']"),
+        ("layer_attention", "['attention_size', 'attention_layers', 'output_size']"),
+    ],
+)
+def test_new_interfaces_refuse_an_unknown_option_naming_the_valid_ones(name, valid):
+    with pytest.raises(
+        ValueError, match=re.escape(f"unknown option(s) ['layer'] for interface {name!r}; valid options: {valid}")
+    ):
+        build_interface(name, 5, 16, layer=2)
+
+
+@pytest.mark.parametrize("name", sorted(set(INTERFACES) - {"grouped_weighted_sum"}))
+def test_every_interface_takes_a_single_hidden_state(name):
+    # Surface features (fbank, mfcc) have one "layer".
+    assert build_interface(name, 1, 80)(states(1, dim=80), LENGTHS).shape == (2, 7, 80)
+
+
+def test_grouped_weighted_sum_on_a_single_hidden_state_needs_one_group():
+    with pytest.raises(ValueError, match=r"between 1 and the number of hidden states \(1\); got 2"):
+        build_interface("grouped_weighted_sum", 1, 80)
+    hidden = states(1, dim=80)
+    out = build_interface("grouped_weighted_sum", 1, 80, groups=1)(hidden, torch.tensor([7, 7]))
+    assert torch.allclose(out, hidden[0])
+
+
+@pytest.mark.parametrize(
+    "name,options,width",
+    [("grouped_weighted_sum", {"groups": 2}, 2), ("concat_projection", {}, 1), ("layer_attention", {}, 1)],
+)
+def test_new_interfaces_train_on_a_frozen_tiny_hubert(name, options, width):
+    upstream = build_upstream("tiny_hubert")
+    interface = build_interface(name, upstream.num_layers, upstream.hidden_size, **options)
+    out = upstream(torch.randn(2, 8000), torch.tensor([8000, 6000]))
+    features = interface(out.hidden_states, out.lengths)
+    assert features.shape == (2, out.lengths.max(), width * upstream.hidden_size)
+    assert torch.all(features[1, out.lengths[1] :] == 0)
+    features.pow(2).mean().backward()
+    assert all(p.grad is not None for p in interface.parameters())
+    assert all(p.grad is None for p in upstream.parameters())
 
 
 def test_unknown_interface_lists_the_choices():

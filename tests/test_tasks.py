@@ -177,7 +177,7 @@ def test_fit_help_lists_the_interface_options(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     out = capsys.readouterr().out
-    for option in ("name", "layer", "normalize", "output_size"):
+    for option in ("name", "layer", "normalize", "groups", "attention_size", "attention_layers", "output_size"):
         assert f"--model.interface.{option}" in out
     assert "--model.upstream.trainable" in out and "Unvalidated" not in out
 
