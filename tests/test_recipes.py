@@ -62,6 +62,46 @@ def test_hyperparameters_stay_plain_so_checkpoints_load_weights_only():
     assert module.hparams["upstream"] == {"name": "fbank", "trainable": "frozen", "train_cnn": False}
 
 
+def test_interface_config_passes_the_new_interfaces_options():
+    assert InterfaceConfig(name="grouped_weighted_sum", groups=3).options == {"groups": 3}
+    assert InterfaceConfig("layer_attention", attention_size=64, attention_layers=2).options == {
+        "attention_size": 64,
+        "attention_layers": 2,
+    }
+    with pytest.raises(ValueError, match=r"\['groups'\] for interface 'layer_attention'; valid options"):
+        SSLTaskModule(EmotionTask(), UpstreamConfig("fbank"), InterfaceConfig("layer_attention", groups=2))
+
+
+@pytest.mark.parametrize(
+    "interface,width",
+    [
+        (InterfaceConfig("layer_attention"), 80),
+        (InterfaceConfig("concat_projection"), 80),
+        (InterfaceConfig("grouped_weighted_sum", groups=1), 80),  # fbank is one hidden state: one group
+    ],
+)
+def test_the_new_interfaces_build_a_module_on_fbank(interface, width):
+    module = SSLTaskModule(EmotionTask(classes=["a", "b"]), UpstreamConfig("fbank"), interface)
+    assert module.interface.output_size == width
+    assert module(torch.randn(2, 8000), torch.tensor([8000, 5000])).shape == (2, 2)
+    assert module.hparams["interface"]["name"] == interface.name
+
+
+def test_grouped_weighted_sum_on_fbank_says_to_set_groups():
+    with pytest.raises(ValueError, match=r"groups must be between 1 and the number of hidden states \(1\); got 2"):
+        SSLTaskModule(EmotionTask(), UpstreamConfig("fbank"), InterfaceConfig("grouped_weighted_sum"))
+
+
+@pytest.mark.parametrize("name", ["grouped_weighted_sum", "concat_projection", "layer_attention"])
+def test_the_new_interfaces_build_a_module_on_tiny_hubert(name):
+    module = SSLTaskModule(EmotionTask(classes=["a", "b"]), UpstreamConfig("tiny_hubert"), InterfaceConfig(name))
+    hidden = module.upstream.hidden_size
+    assert module.interface.output_size == (2 * hidden if name == "grouped_weighted_sum" else hidden)
+    logits = module(torch.randn(2, 8000), torch.tensor([8000, 5000]))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in module.interface.parameters())
+
+
 def test_fit_then_test_writes_checkpoints_logs_config_and_results(mini_corpus, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(fit_args(mini_corpus, run_dir, "--trainer.max_epochs", "2")) == 0
