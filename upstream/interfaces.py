@@ -190,8 +190,8 @@ def group_sizes(num_states: int, groups: int) -> list[int]:
 @register("grouped_weighted_sum")
 class GroupedWeightedSum(Interface):
     """The L+1 states in `groups` contiguous groups (see `group_sizes`), a SUPERB weighted sum within each group,
-    the G sums side by side: G x D wide, so that layers of different groups do not collide in one vector (Shih &
-    Harwath 2024). `output_size` defaults to G x D; another value adds a linear map. `groups=1` is `weighted_sum`.
+    the G sums side by side: G x D wide, so that layers of different groups do not collide in one vector.
+    `output_size` defaults to G x D; another value adds a linear map. `groups=1` is `weighted_sum`.
     """
 
     def __init__(
@@ -229,8 +229,8 @@ class GroupedWeightedSum(Interface):
 
 @register("concat_projection")
 class ConcatProjection(Concat):
-    """Shih & Harwath's "concat + projection": `concat` whose linear map to `output_size` is always there, even
-    where the widths already match (one hidden state, or `output_size` = (L+1) x D), so it always learns a map."""
+    """Concatenation + projection as its own baseline: `concat` whose linear map to `output_size` is always there,
+    even where the widths already match (one hidden state, or `output_size` = (L+1) x D)."""
 
     def set_combined_size(self, size: int) -> None:
         self.project = nn.Linear(size, self.output_size)
