@@ -55,8 +55,9 @@ class SpeakerAdversarialClassifier(UtteranceClassifier):
 
     In train mode `forward` returns `AdversarialOutputs`; in eval mode plain emotion logits, as the plain head does
     (torchvision's Inception returns its auxiliary logits the same way), so evaluation, `strata predict` and exports
-    read it unchanged. The emotion part's modules and parameter names are the plain head's, built first, so with the
-    same seed both start from the same weights.
+    read it unchanged. The emotion part's modules and parameter names are the plain head's, built first, and the
+    speaker head's init leaves the global RNG as it found it: with the same seed both start from the same weights
+    and draw the same dropout masks.
 
     The loss is emotion CE + speaker CE: the speaker head learns at full rate whatever lambda is, and lambda scales
     only the reversed gradient reaching the pooled features. With lambda = 0 the features get no gradient from the
@@ -90,10 +91,13 @@ class SpeakerAdversarialClassifier(UtteranceClassifier):
         self.adversary_weight = adversary_weight
         size = self.pooling.output_size
         layers: list[nn.Module] = []
-        if speaker_hidden_size:
-            layers += [nn.Linear(size, speaker_hidden_size), nn.ReLU()]
-            size = speaker_hidden_size
-        layers.append(nn.Linear(size, num_speakers))
+        # Initialised on a fork of the RNG: the global stream then goes on as after the plain head's init, so
+        # dropout masks (and anything seeded later) match a plain run's, and lambda = 0 reproduces it exactly.
+        with torch.random.fork_rng(devices=[]):
+            if speaker_hidden_size:
+                layers += [nn.Linear(size, speaker_hidden_size), nn.ReLU()]
+                size = speaker_hidden_size
+            layers.append(nn.Linear(size, num_speakers))
         self.speaker_classifier = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor | AdversarialOutputs:
