@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,12 +13,13 @@ from .pooling import build_pooling
 
 class UtteranceClassifier(nn.Module):
     """The SUPERB emotion-recognition and speaker-identification head, generalised:
-    `features [B, T, D]`, `lengths [B]` -> `logits [B, C]`.
+        `features [B, T, D]`, `lengths [B]` -> `logits [B, C]`.
 
-    A frame-wise linear projection to `projection_size` (SUPERB's 256; 0 keeps the D input features), mask-aware
-    pooling from `POOLINGS` ("mean" as in SUPERB, "mean_std", "attentive_stats"), then an MLP: each of
-    `hidden_sizes` is Linear -> ReLU -> Dropout, and a last Linear gives the logits. With no hidden sizes this is
-    SUPERB's linear classifier on the pooled vector.
+        A frame-wise linear projection to `projection_size` (SUPERB's 256; 0 keeps the D input features), mask-aware
+        pooling from `POOLINGS` ("mean" as in SUPERB, "mean_std", "attentive_stats", "ecapa"; `pooling_options` are
+    its options), then an MLP: each of
+        `hidden_sizes` is Linear -> ReLU -> Dropout, and a last Linear gives the logits. With no hidden sizes this is
+        SUPERB's linear classifier on the pooled vector.
     """
 
     def __init__(
@@ -28,6 +30,7 @@ class UtteranceClassifier(nn.Module):
         pooling: str = "mean",
         hidden_sizes: Sequence[int] = (),
         dropout: float = 0.0,
+        pooling_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if input_size < 1 or num_classes < 1:
@@ -41,7 +44,7 @@ class UtteranceClassifier(nn.Module):
         self.input_size = input_size
         self.num_classes = num_classes
         self.projection = nn.Linear(input_size, projection_size) if projection_size else nn.Identity()
-        self.pooling = build_pooling(pooling, projection_size or input_size)
+        self.pooling = build_pooling(pooling, projection_size or input_size, **(pooling_options or {}))
         layers: list[nn.Module] = []
         size = self.pooling.output_size
         for hidden in hidden_sizes:

@@ -6,11 +6,16 @@ any arithmetic, so they change neither the result nor the gradients.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from upstream.base import lengths_to_mask
-from upstream.names import Registry
+from upstream.names import Registry, as_config
+
+if TYPE_CHECKING:
+    from .speaker import EcapaConfig
 
 POOLINGS: Registry[Pooling] = Registry("pooling")
 register = POOLINGS.register
@@ -133,3 +138,31 @@ class AttentiveStatsPooling(Pooling):
 
     def pool(self, features, mask):
         return weighted_mean_std(features, self.weights(features, mask), self.eps)
+
+
+@register("ecapa")
+class EcapaPooling(Pooling):
+    """ECAPA-TDNN as the aggregator of an utterance classifier (Morais et al., "Speech Emotion Recognition using
+    Self-Supervised Features", ICASSP 2022): `downstream.speaker`'s `ecapa` extractor (SE-Res2Blocks, channel
+    attentive statistics, the embedding layer) over the frames, `[B, config.embedding_size]`.
+
+    Mask-aware as the extractor is: padding never changes the result in eval mode. In train mode its BatchNorms'
+    batch statistics include the padded frames (see `downstream.speaker`), and a batch needs two utterances.
+    """
+
+    def __init__(self, input_size: int, config: EcapaConfig | dict | None = None) -> None:
+        super().__init__(input_size)
+        from .speaker import EcapaConfig, EcapaTdnn  # here: speaker.py imports this module
+
+        config = as_config(EcapaConfig, config, "pooling", "ecapa")
+        self.extractor = EcapaTdnn(input_size, config)
+        self.output_size = config.embedding_size
+
+    def pool(self, features, mask):
+        if self.training and features.size(0) == 1:
+            # ECAPA's last BatchNorms normalise over the utterances of a batch; torch's error would not say why.
+            raise ValueError(
+                "ecapa pooling cannot train on a one-utterance batch (its embedding BatchNorm normalises over "
+                "utterances); raise --data.max_batch_seconds above the longest training utterance"
+            )
+        return self.extractor.extract(features.transpose(1, 2), mask[:, None, :])

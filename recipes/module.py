@@ -253,7 +253,12 @@ class SSLTaskModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         outputs = self.head(*self.batch_inputs(batch))
         loss = self.head.loss(outputs, batch["targets"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["ids"]))
+        batch_size = len(batch["ids"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        # A head may measure more of its training (the speaker adversary's accuracy): `training_metrics`.
+        if hasattr(self.head, "training_metrics"):
+            for name, value in self.head.training_metrics(outputs, batch["targets"]).items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=batch_size)
         return loss
 
     def _evaluate_step(self, batch: dict[str, Any], stage: str) -> None:

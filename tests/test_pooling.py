@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from downstream.pooling import POOLINGS, AttentiveStatsPooling, build_pooling
+from downstream.pooling import POOLINGS, AttentiveStatsPooling, EcapaPooling, build_pooling
+from downstream.speaker import EcapaConfig
 
 # One utterance of three 2-d frames; per dimension the values are [1, 3, 5] and [2, 4, 9].
 FRAMES = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]]])
@@ -70,7 +71,7 @@ def two_utterances(garbage: float | None):
 @pytest.mark.parametrize("garbage", [None, float("nan"), float("inf")], ids=["large", "nan", "inf"])
 def test_padding_with_garbage_does_not_change_the_pooled_vector(name, garbage):
     torch.manual_seed(0)
-    pooling = build_pooling(name, 4)
+    pooling = build_pooling(name, 4).eval()  # ECAPA's BatchNorms take batch statistics in train mode
     batch, lengths, long, short = two_utterances(garbage)
     out = pooling(batch, lengths)
     assert out.shape == (2, pooling.output_size)
@@ -92,7 +93,9 @@ def test_attention_weights_sum_to_one_over_valid_frames_and_ignore_padding():
 @pytest.mark.parametrize("name", sorted(POOLINGS))
 def test_gradients_reach_every_parameter_and_no_padded_frame(name):
     torch.manual_seed(0)
-    pooling = build_pooling(name, 4)
+    # Eval mode: ECAPA's embedding BatchNorm over a batch of two maps every utterance to about +-1 in train mode,
+    # which leaves the layers below it almost no gradient.
+    pooling = build_pooling(name, 4).eval()
     batch, lengths, _, _ = two_utterances(None)
     batch.requires_grad_(True)
     (pooling(batch, lengths) ** 2).sum().backward()
@@ -103,7 +106,7 @@ def test_gradients_reach_every_parameter_and_no_padded_frame(name):
 
 
 def test_an_unknown_pooling_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown pooling 'max'.*'attentive_stats', 'mean', 'mean_std'"):
+    with pytest.raises(ValueError, match=r"unknown pooling 'max'.*'attentive_stats', 'ecapa', 'mean', 'mean_std'"):
         build_pooling("max", 4)
 
 
@@ -116,3 +119,31 @@ def test_an_utterance_without_frames_is_an_error_not_nan(name):
 def test_lengths_longer_than_the_padded_frames_are_an_error():
     with pytest.raises(ValueError, match="exceeds the padded number of frames 3"):
         build_pooling("mean", 2)(torch.randn(2, 3, 2), torch.tensor([4, 2]))
+
+
+SMALL_ECAPA = EcapaConfig(channels=16, embedding_size=12, res2net_scale=4, se_channels=8, attention_channels=8)
+
+
+def test_ecapa_pooling_is_registered_and_outputs_its_embedding_size():
+    pooling = build_pooling("ecapa", 10, config=SMALL_ECAPA)
+    assert isinstance(pooling, EcapaPooling) and pooling.output_size == 12
+    assert pooling(torch.randn(3, 20, 10), torch.tensor([20, 11, 4])).shape == (3, 12)
+    # Sizes may come as a plain mapping (a checkpoint's config); its defaults are the paper's 192-d embedding.
+    assert build_pooling("ecapa", 10, config={"channels": 16, "res2net_scale": 4}).output_size == 192
+
+
+def test_ecapa_pooling_of_a_padded_batch_equals_each_utterance_alone_in_eval_mode():
+    torch.manual_seed(0)
+    pooling = build_pooling("ecapa", 10, config=SMALL_ECAPA)
+    pooling(torch.randn(4, 30, 10), torch.tensor([30, 25, 20, 15]))  # one training step moves the running stats
+    pooling.eval()
+    long, short = torch.randn(30, 10), torch.randn(9, 10)
+    batch = torch.stack([long, torch.cat([short, 1e3 * torch.randn(21, 10)])])
+    out = pooling(batch, torch.tensor([30, 9]))
+    assert (out[0] - pooling(long[None], torch.tensor([30]))[0]).abs().max() < 1e-5
+    assert (out[1] - pooling(short[None], torch.tensor([9]))[0]).abs().max() < 1e-5
+
+
+def test_ecapa_pooling_refuses_to_train_on_one_utterance_with_advice():
+    with pytest.raises(ValueError, match="one-utterance batch.*max_batch_seconds"):
+        build_pooling("ecapa", 10, config=SMALL_ECAPA)(torch.randn(1, 20, 10), torch.tensor([20]))

@@ -5,11 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from downstream.speaker import EcapaConfig
 from recipes.cli import main
 from recipes.module import FROZEN_UPSTREAM_KEY, InterfaceConfig, SSLTaskModule, UpstreamConfig
 from recipes.runs import run_dir
@@ -57,7 +59,7 @@ def test_hyperparameters_stay_plain_so_checkpoints_load_weights_only():
     assert module.hparams["task"] == {
         "class_path": "recipes.tasks.EmotionTask",
         "init_args": {"classes": ["x", "y"], "projection_size": 256, "pooling": "mean", "hidden_sizes": [],
-                      "dropout": 0.0},
+                      "dropout": 0.0, "ecapa": asdict(EcapaConfig()), "speaker_adversary": None},
     }  # fmt: skip
     assert module.hparams["upstream"] == {"name": "fbank", "trainable": "frozen", "train_cnn": False}
 

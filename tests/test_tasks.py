@@ -155,8 +155,8 @@ def test_a_misspelt_task_option_on_the_command_line_is_a_usage_error_naming_it(t
 @pytest.mark.parametrize(
     ("task", "options"),
     [
-        ("EmotionTask", ["classes", "hidden_sizes", "dropout"]),
-        ("SpeakerIdTask", ["speakers", "crop_seconds"]),
+        ("EmotionTask", ["classes", "hidden_sizes", "dropout", "ecapa.channels", "speaker_adversary"]),
+        ("SpeakerIdTask", ["speakers", "crop_seconds", "ecapa.channels"]),
         ("SpeakerVerificationTask", ["extractor {ecapa,xvector}", "ecapa.channels", "xvector.stats_channels"]),
         ("AsrTask", ["tokenizer", "decoder {greedy,beam}", "lm_weight"]),
         ("AsdTask", ["embedding {trained,featex,frozen}", "scorer {knn,kmeans}", "knn.k", "kmeans.num_centers"]),

@@ -1,6 +1,7 @@
 """Utterance classification: emotion recognition (UA / WA) and speaker identification (accuracy)."""
 
 # No `from __future__ import annotations`: see recipes/tasks/base.py.
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -8,8 +9,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from downstream.adversary import AdversaryTargets, SpeakerAdversarialClassifier
 from downstream.classifier import UtteranceClassifier
 from downstream.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+from downstream.speaker import EcapaConfig
+from upstream.names import as_config
 
 from ..data import Manifest, write_jsonl
 from .base import (
@@ -101,7 +105,8 @@ class ClassificationEvaluator(Evaluator):
 
 class UtteranceClassificationTask(Task):
     """One label per utterance from the manifest's `label_field`, a pooled classifier (`UtteranceClassifier`
-    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`; its loss is cross-entropy)."""
+    with the subclass's `projection_size`, `pooling`, `hidden_sizes` and `dropout`; its loss is cross-entropy).
+    `pooling: ecapa` takes its sizes from the subclass's `ecapa` field."""
 
     label_field: ClassVar[str]
 
@@ -120,15 +125,41 @@ class UtteranceClassificationTask(Task):
     def predictor(self, calibration: Calibration) -> Predictor:
         return ClassPredictor(self.labels)
 
+    def head_options(self) -> dict[str, Any]:
+        """The `UtteranceClassifier` options the task's fields set."""
+        return {
+            "projection_size": self.projection_size,
+            "pooling": self.pooling,
+            "hidden_sizes": self.hidden_sizes,
+            "dropout": self.dropout,
+            "pooling_options": {"config": self.ecapa} if self.pooling == "ecapa" else None,
+        }
+
     def build_head(self, input_size: int) -> nn.Module:
-        return UtteranceClassifier(
-            input_size,
-            len(self.labels),
-            projection_size=self.projection_size,
-            pooling=self.pooling,
-            hidden_sizes=self.hidden_sizes,
-            dropout=self.dropout,
-        )
+        return UtteranceClassifier(input_size, len(self.labels), **self.head_options())
+
+
+@dataclass
+class SpeakerAdversaryConfig:
+    """The speaker adversary of `EmotionTask` (Gat et al., ICASSP 2022; `downstream.adversary`): a speaker
+    classifier (`hidden_size` 0: linear) on the pooled features behind a gradient reversal of `weight` (lambda).
+
+    `speakers` are its classes; left unset, `strata fit` takes the training manifest's speakers (sorted), and a
+    test the checkpoint's. `weight` 0 keeps the speaker head (its `train/speaker_acc` shows how much speaker
+    information the features carry) without letting it change them."""
+
+    weight: float = 1.0
+    hidden_size: int = 256
+    speakers: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.speakers = list(self.speakers or [])
+        if self.weight < 0:
+            raise ValueError(f"speaker_adversary.weight must be >= 0, got {self.weight}")
+        if self.hidden_size < 0:
+            raise ValueError(f"speaker_adversary.hidden_size must be >= 0 (0: linear), got {self.hidden_size}")
+        if len(set(self.speakers)) != len(self.speakers):
+            raise ValueError("speaker_adversary.speakers must be distinct")
 
 
 DEFAULT_EMOTIONS = ("neu", "hap", "ang", "sad")
@@ -140,7 +171,9 @@ class EmotionTask(UtteranceClassificationTask):
     """Utterance-level emotion classification (SUPERB ER): a pooled classifier over the `emotion` field.
 
     `classes` are the labels kept, in the order of the confusion matrix; a manifest label outside them is an
-    error (map or drop such utterances when preparing the manifest).
+    error (map or drop such utterances when preparing the manifest). `speaker_adversary` (unset: off) adds a
+    speaker classifier behind gradient reversal, trained on the training manifest's `speaker` field (see
+    `SpeakerAdversaryConfig`); evaluation and prediction are unchanged.
     """
 
     name = "emotion"
@@ -153,12 +186,77 @@ class EmotionTask(UtteranceClassificationTask):
     pooling: str = "mean"
     hidden_sizes: list[int] | None = field(default_factory=list)
     dropout: float = 0.0
+    ecapa: EcapaConfig = field(default_factory=EcapaConfig)
+    speaker_adversary: SpeakerAdversaryConfig | None = None
 
     def __post_init__(self) -> None:
         self.classes = list(self.classes) if self.classes is not None else list(DEFAULT_EMOTIONS)
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"emotion classes must be at least two distinct labels, got {self.classes}")
         self.hidden_sizes = list(self.hidden_sizes or [])
+        self.ecapa = as_config(EcapaConfig, self.ecapa, "pooling", "ecapa")
+        if self.speaker_adversary is not None:
+            self.speaker_adversary = as_config(
+                SpeakerAdversaryConfig, self.speaker_adversary, "task option", "speaker_adversary"
+            )
+
+    @classmethod
+    def complete_config(cls, init_args, train, checkpoint_args, run_dir=None):
+        """With the adversary on, its `speakers` from the checkpoint or the training manifest."""
+        adversary = init_args.get("speaker_adversary")
+        if adversary is None:
+            return init_args
+        adversary = copy.deepcopy(adversary)  # a dict, or jsonargparse's Namespace: both take item access
+        saved = (checkpoint_args or {}).get("speaker_adversary") or {}
+        filled = speakers_from_data(
+            {"speakers": adversary.get("speakers")}, train, saved, f"{cls.name} speaker_adversary"
+        )
+        adversary["speakers"] = filled["speakers"]
+        return {**init_args, "speaker_adversary": adversary}
+
+    def _adversary_trains(self, split: str) -> bool:
+        # Only training reads speakers: held-out speakers (IEMOCAP's test session) are not the adversary's classes.
+        return self.speaker_adversary is not None and split == "train"
+
+    def fields_for(self, split: str) -> dict[str, type | tuple[type, ...]]:
+        return {**self.fields, "speaker": str} if self._adversary_trains(split) else self.fields
+
+    def targets(self, manifest: Manifest, split: str) -> list[Any]:
+        """Emotion indices; with the adversary on, (emotion, speaker) index pairs for the training split."""
+        labels = super().targets(manifest, split)
+        if not self._adversary_trains(split):
+            return labels
+        unknown = "is not one of the speaker adversary's speakers (set --model.task.speaker_adversary.speakers)"
+        speakers = encode_labels(manifest, "speaker", self._adversary_speakers(), unknown)
+        return list(zip(labels, speakers, strict=True))
+
+    def collate_targets(self, targets: list[Any]) -> torch.Tensor | AdversaryTargets:
+        if targets and isinstance(targets[0], tuple):
+            labels, speakers = zip(*targets, strict=True)
+            return AdversaryTargets(torch.tensor(labels), torch.tensor(speakers))
+        return torch.tensor(targets)
+
+    def _adversary_speakers(self) -> list[str]:
+        speakers = self.speaker_adversary.speakers
+        if len(speakers) < 2:
+            raise ValueError(
+                f"the speaker adversary needs at least two speakers, got {speakers}: set "
+                "--model.task.speaker_adversary.speakers, or run through `strata fit`, which takes them from "
+                "--data.train"
+            )
+        return speakers
+
+    def build_head(self, input_size: int) -> nn.Module:
+        if self.speaker_adversary is None:
+            return super().build_head(input_size)
+        return SpeakerAdversarialClassifier(
+            input_size,
+            len(self.labels),
+            num_speakers=len(self._adversary_speakers()),
+            adversary_weight=self.speaker_adversary.weight,
+            speaker_hidden_size=self.speaker_adversary.hidden_size,
+            **self.head_options(),
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -204,8 +302,10 @@ class SpeakerIdTask(UtteranceClassificationTask):
     hidden_sizes: list[int] | None = field(default_factory=list)
     dropout: float = 0.0
     crop_seconds: float | None = None
+    ecapa: EcapaConfig = field(default_factory=EcapaConfig)
 
     def __post_init__(self) -> None:
+        self.ecapa = as_config(EcapaConfig, self.ecapa, "pooling", "ecapa")
         self.speakers = list(self.speakers or [])
         if len(set(self.speakers)) != len(self.speakers):
             raise ValueError("speaker_id speakers must be distinct")
