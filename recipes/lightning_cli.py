@@ -36,6 +36,10 @@ for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``"
 warnings.filterwarnings("ignore", message=r"\s*By default only one JsonargparseDeprecationWarning")
 # Testing a checkpoint from another run directory: its checkpoint callback's state does not matter to a test.
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+# Testing a checkpoint of a fit with --average_best: the top-K callback is the fit's business, not the test's.
+warnings.filterwarnings(
+    "ignore", message=r"Be aware that when using `ckpt_path`.*callbacks: \[\"TopCheckpoints\{[^\]]*\}\"\]\."
+)
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)

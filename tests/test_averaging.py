@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from recipes.averaging import (
     AVERAGED_KEY,
@@ -15,6 +16,7 @@ from recipes.averaging import (
     top_checkpoints,
 )
 from recipes.cli import main
+from recipes.inference import run_checkpoint
 from recipes.module import FROZEN_UPSTREAM_KEY
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "emotion.yaml")
@@ -159,3 +161,29 @@ def test_fit_keeps_the_best_two_and_test_scores_their_average(mini_corpus, tmp_p
             assert torch.equal(value, torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)), key
     assert not any(key.startswith("upstream.") for key in averaged["state_dict"])  # fbank is frozen: left out
     assert averaged[FROZEN_UPSTREAM_KEY]["name"] == "fbank"
+
+    # `strata export RUN --ckpt averaged` takes the same file (up to date: not recomputed) and its weights.
+    written = (run_dir / "checkpoints" / "averaged.ckpt").stat().st_mtime_ns
+    assert run_checkpoint(run_dir, "averaged") == run_dir / "checkpoints" / "averaged.ckpt"
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "export"), "--ckpt", "averaged"]) == 0
+    assert (run_dir / "checkpoints" / "averaged.ckpt").stat().st_mtime_ns == written
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    head = [key for key in averaged["state_dict"] if key.startswith("head.") and key in exported]
+    assert head and all(torch.equal(exported[key], averaged["state_dict"][key]) for key in head)
+
+
+def test_a_fresh_fit_removes_an_earlier_fits_top_checkpoints_and_a_resumed_one_keeps_its_own(tmp_path):
+    from types import SimpleNamespace
+
+    from recipes.lightning_cli import TopCheckpoints
+
+    top = tmp_path / "top"
+    for epoch in range(3):
+        fake_checkpoint(top / f"epoch{epoch:03d}.ckpt", epoch, score=0.1 * epoch)
+    callback = TopCheckpoints(dirpath=top, monitor="valid/UA", mode="max", save_top_k=2)
+    callback.best_k_models = {str(top / "epoch001.ckpt"): torch.tensor(0.1)}  # as restored from last.ckpt
+    callback.on_train_start(SimpleNamespace(is_global_zero=True), None)
+    assert [path.name for path in top.glob("*.ckpt")] == ["epoch001.ckpt"]
+    callback.best_k_models = {}  # a fresh fit
+    callback.on_train_start(SimpleNamespace(is_global_zero=True), None)
+    assert not list(top.glob("*.ckpt"))
