@@ -200,8 +200,10 @@ class StrataCLI(RunFolderCLI):
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
-        extra = [self._top_checkpoints()] if self.subcommand == "fit" and self.average_best > 0 else []
-        return self._trainer_with(checkpoint, *extra, **kwargs)
+        top = [self._top_checkpoints()] if self.subcommand == "fit" and self.average_best > 0 else []
+        # The top-K callback saves first, so that last.ckpt, saved after it, records this epoch's top file: a fit
+        # resumed from last.ckpt keeps it.
+        return self._trainer_with(*top, checkpoint, **kwargs)
 
     def _top_checkpoints(self) -> ModelCheckpoint:
         monitor, mode = self.monitor

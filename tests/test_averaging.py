@@ -187,3 +187,20 @@ def test_a_fresh_fit_removes_an_earlier_fits_top_checkpoints_and_a_resumed_one_k
     callback.best_k_models = {}  # a fresh fit
     callback.on_train_start(SimpleNamespace(is_global_zero=True), None)
     assert not list(top.glob("*.ckpt"))
+
+
+def test_a_resumed_fit_keeps_its_top_checkpoints_and_a_fresh_one_replaces_them(mini_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    emotion = mini_corpus / "emotion"
+    fit = ["fit", "--config", CONFIG, "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
+           "false", "--data.train", str(emotion / "train.jsonl"), "--data.valid", str(emotion / "valid.jsonl"),
+           "--average_best", "3"]  # fmt: skip
+    top = run_dir / "checkpoints" / "top"
+    assert main([*fit, "--trainer.max_epochs", "2"]) == 0
+    assert sorted(path.name for path in top.glob("*.ckpt")) == ["epoch000.ckpt", "epoch001.ckpt"]
+    assert main([*fit, "--trainer.max_epochs", "3", "--ckpt_path", "last"]) == 0
+    assert sorted(path.name for path in top.glob("*.ckpt")) == ["epoch000.ckpt", "epoch001.ckpt", "epoch002.ckpt"]
+    first = (top / "epoch000.ckpt").stat().st_mtime_ns
+    assert main([*fit, "--trainer.max_epochs", "1"]) == 0
+    assert sorted(path.name for path in top.glob("*.ckpt")) == ["epoch000.ckpt"]
+    assert (top / "epoch000.ckpt").stat().st_mtime_ns != first  # this fit's own
