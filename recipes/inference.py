@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .audio import read_audio, window_bounds
+from .averaging import TOP_DIR
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
 from .tasks.base import Calibration, Predictor
 
@@ -196,7 +197,8 @@ def load_run_model(source: str | Path, checkpoint: str | None = None, trust_code
     if path.is_file():
         if path.suffix != ".ckpt":
             raise ValueError(f"{path} is a file but not a checkpoint (.ckpt); give a run folder or an export")
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        folder = path.parent.parent if path.parent.name == TOP_DIR else path.parent  # checkpoints/top/epoch003.ckpt
+        run_dir = folder.parent if folder.name == "checkpoints" else folder
         return load_run(run_dir, str(path), trust_code)
     if (path / EXPORT_CONFIG).is_file():
         return load_export(path, trust_code)

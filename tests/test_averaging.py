@@ -16,7 +16,7 @@ from recipes.averaging import (
     top_checkpoints,
 )
 from recipes.cli import main
-from recipes.inference import run_checkpoint
+from recipes.inference import load_run_model, run_checkpoint
 from recipes.module import FROZEN_UPSTREAM_KEY
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "emotion.yaml")
@@ -170,6 +170,7 @@ def test_fit_keeps_the_best_two_and_test_scores_their_average(mini_corpus, tmp_p
     exported = load_file(str(tmp_path / "export" / "model.safetensors"))
     head = [key for key in averaged["state_dict"] if key.startswith("head.") and key in exported]
     assert head and all(torch.equal(exported[key], averaged["state_dict"][key]) for key in head)
+    assert load_run_model(top[0]).run_dir == run_dir  # a top checkpoint given as a file belongs to its run
 
 
 def test_a_fresh_fit_removes_an_earlier_fits_top_checkpoints_and_a_resumed_one_keeps_its_own(tmp_path):
