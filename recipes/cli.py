@@ -392,7 +392,8 @@ def verify(args: argparse.Namespace) -> None:
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="a run folder of `strata fit` (tested: its thresholds and figures go along)")
     parser.add_argument("--out", required=True, help="the export folder to write")
-    parser.add_argument("--ckpt", help="best, last or a path (default: the checkpoint the last test used, else best)")
+    parser.add_argument("--ckpt", help="best, last, averaged (of --average_best's top checkpoints) or a "
+                        "path (default: the checkpoint the last test used, else best)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this hub repository")
     parser.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")

@@ -3,7 +3,7 @@ answers for files, waveforms or a manifest as the test would (same head, same de
 
 What `source` may be:
 - a run folder of `strata fit` / `strata test` (its `checkpoints/best.ckpt`, or the checkpoint the last test used,
-  and the `calibration.safetensors` that test wrote);
+  e.g. `checkpoints/averaged.ckpt`, and the `calibration.safetensors` that test wrote);
 - a checkpoint file (`<run>/checkpoints/last.ckpt`);
 - a `strata export` folder (`strata.json`, `model.safetensors`, ...), or `hf:<hub id or folder>` for one on the
   Hugging Face hub (downloaded once into the hub cache; a folder path works the same way).
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .audio import read_audio, window_bounds
+from .averaging import TOP_DIR
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
 from .tasks.base import Calibration, Predictor
 
@@ -79,8 +80,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def run_checkpoint(run_dir: Path, checkpoint: str | None = None) -> Path | None:
-    """The checkpoint of a run folder to use: `checkpoint` (`best`, `last` or a path) when given, else the one
-    the last `strata test` scored, else `checkpoints/best.ckpt`; None when the run trained nothing."""
+    """The checkpoint of a run folder to use: `checkpoint` (`best`, `last`, `averaged` or a path) when given, else
+    the one the last `strata test` scored, else `checkpoints/best.ckpt`; None when the run trained nothing.
+    `averaged` is the average of the run's top checkpoints (recipes.averaging), computed when needed."""
+    if checkpoint == "averaged":
+        from .averaging import averaged_checkpoint
+
+        return averaged_checkpoint(run_dir / "checkpoints")
     if checkpoint in ("best", "last"):
         path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
         if not path.is_file():
@@ -191,7 +197,8 @@ def load_run_model(source: str | Path, checkpoint: str | None = None, trust_code
     if path.is_file():
         if path.suffix != ".ckpt":
             raise ValueError(f"{path} is a file but not a checkpoint (.ckpt); give a run folder or an export")
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        folder = path.parent.parent if path.parent.name == TOP_DIR else path.parent  # checkpoints/top/epoch003.ckpt
+        run_dir = folder.parent if folder.name == "checkpoints" else folder
         return load_run(run_dir, str(path), trust_code)
     if (path / EXPORT_CONFIG).is_file():
         return load_export(path, trust_code)

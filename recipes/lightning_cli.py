@@ -2,7 +2,8 @@
 
 On top of LightningCLI: a default run directory `exp/<task>/<run name>` (`recipes.runs.run_dir`), best and last
 checkpoints under `<run>/checkpoints/`, CSV and TensorBoard logs, the resolved config in the run directory,
-and `--ckpt_path best|last` meaning that run's checkpoints.
+and `--ckpt_path best|last` meaning that run's checkpoints; with `--average_best K`, the K best in
+`<run>/checkpoints/top/` and `--ckpt_path averaged` their parameter average (recipes.averaging).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from .averaging import TOP_DIR, averaged_checkpoint
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
 from .runs import run_dir as default_run_dir
@@ -34,6 +36,10 @@ for _deprecated in ["skip_none parameter", "``ArgumentParser.add_instantiator``"
 warnings.filterwarnings("ignore", message=r"\s*By default only one JsonargparseDeprecationWarning")
 # Testing a checkpoint from another run directory: its checkpoint callback's state does not matter to a test.
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+# Testing a checkpoint of a fit with --average_best: the top-K callback is the fit's business, not the test's.
+warnings.filterwarnings(
+    "ignore", message=r"Be aware that when using `ckpt_path`.*callbacks: \[\"TopCheckpoints\{[^\]]*\}\"\]\."
+)
 # `strata.main(argv)` passes its arguments explicitly by design (tests, scripts).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.msg)
@@ -45,9 +51,9 @@ class RunFolderCLI(LightningCLI):
 
     run_dir: Path
 
-    def _trainer_with(self, checkpoint: ModelCheckpoint, **kwargs: Any) -> Any:
+    def _trainer_with(self, *checkpoints: ModelCheckpoint, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), checkpoint]
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *checkpoints]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = [
                 CSVLogger(self.run_dir, name="logs"),
@@ -75,6 +81,27 @@ class RunFolderCLI(LightningCLI):
         print(f"run directory {self.run_dir}; config in {path}")
 
 
+class TopCheckpoints(ModelCheckpoint):
+    """The K best validation checkpoints, kept to be averaged (recipes.averaging). A class of its own, so that its
+    state key differs from the best checkpoint's (Lightning refuses two callbacks with one key) and starts with
+    `averaging.TOP_CALLBACK`; that state also records the mode, which with each file's own score ranks the files."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mode": self.mode}
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """A fit that starts afresh removes the top checkpoints of an earlier fit into the same folder: they would
+        be averaged with this one's. A resumed fit keeps those its restored state tracks."""
+        super().on_train_start(trainer, pl_module)
+        if not trainer.is_global_zero or self.dirpath is None:
+            return
+        kept = {Path(path).resolve() for path in self.best_k_models}
+        for stale in sorted(Path(self.dirpath).glob("*.ckpt")):
+            if stale.resolve() not in kept:
+                print(f"removing {stale}, a top checkpoint of an earlier fit")
+                stale.unlink()
+
+
 class StrataCLI(RunFolderCLI):
     def __init__(self, args: list[str] | None = None) -> None:
         super().__init__(
@@ -90,6 +117,14 @@ class StrataCLI(RunFolderCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         # The data module learns the task and the upstream's input contract from the built model, once.
         parser.link_arguments("model", "data.spec", compute_fn=SSLTaskModule.input_spec, apply_on="instantiate")
+        # Top level (like seed_everything), so a config's `average_best: 5` serves fit and test alike.
+        parser.add_argument(
+            "--average_best",
+            type=int,
+            default=0,
+            help="fit: also keep the K best validation checkpoints in <run>/checkpoints/top/, for "
+            "`--ckpt_path averaged` (their parameter average); 0: off",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -101,6 +136,9 @@ class StrataCLI(RunFolderCLI):
             )
         self.run_dir = Path(config.trainer.default_root_dir)
         self.monitor = (f"valid/{task.monitor}", task.monitor_mode)
+        self.average_best = config.get("average_best") or 0
+        if self.average_best < 0:
+            raise ValueError(f"--average_best must be 0 (off) or a number of checkpoints, not {self.average_best}")
         init_args = config.model.task.get("init_args")
         if (
             self.subcommand != "fit"
@@ -129,12 +167,15 @@ class StrataCLI(RunFolderCLI):
                 config.model.task.init_args[name] = value
 
     def _resolve_checkpoint(self, ckpt_path: str | None) -> str | None:
-        """`best` / `last` name this run's checkpoints. A fit with `last` and none yet starts afresh, so a
-        recipe can always pass it; evaluating without a checkpoint would score an untrained head, so it is an error."""
+        """`best` / `last` name this run's checkpoints, `averaged` the average of its top ones (computed when
+        needed). A fit with `last` and none yet starts afresh, so a recipe can always pass it; evaluating without a
+        checkpoint would score an untrained head, so it is an error."""
         checkpoints = self.run_dir / "checkpoints"
         if self.subcommand == "fit":
             return self._resume_from(ckpt_path)
         ckpt_path = ckpt_path or "best"
+        if ckpt_path == "averaged":
+            return str(averaged_checkpoint(checkpoints))
         if ckpt_path in ("best", "last"):
             path = checkpoints / f"{ckpt_path}.ckpt"
             if not path.is_file():
@@ -159,7 +200,22 @@ class StrataCLI(RunFolderCLI):
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
-        return self._trainer_with(checkpoint, **kwargs)
+        top = [self._top_checkpoints()] if self.subcommand == "fit" and self.average_best > 0 else []
+        # The top-K callback saves first, so that last.ckpt, saved after it, records this epoch's top file: a fit
+        # resumed from last.ckpt keeps it.
+        return self._trainer_with(*top, checkpoint, **kwargs)
+
+    def _top_checkpoints(self) -> ModelCheckpoint:
+        monitor, mode = self.monitor
+        return TopCheckpoints(
+            dirpath=self.run_dir / "checkpoints" / TOP_DIR,
+            filename="epoch{epoch:03d}",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=self.average_best,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
 
     def before_fit(self) -> None:
         self._save_config("config.yaml")
