@@ -107,3 +107,39 @@ def test_recipe_sh_names_run_folders_as_recipes_runs_does(tmp_path, upstream, tr
     assert done.returncode == 0, done.stderr
     expected = run_dir("emotion", upstream, "hconv", trainable, "_".join(filter(None, [tag, variant])), tmp_path)
     assert done.stdout == f"{expected}\n"
+
+
+def iemocap_calls(tmp_path: Path, *options: str) -> list[list[str]]:
+    """The strata calls of IEMOCAP's stages 1-2 on fold 1 with `options`, through a `strata` that logs them (and
+    answers `strata run-dir` as the real one does)."""
+    data, bin_dir, log = tmp_path / "data", tmp_path / "bin", tmp_path / "calls.txt"
+    (data / "fold1").mkdir(parents=True)
+    (data / "fold1" / "train.jsonl").write_text("")
+    bin_dir.mkdir()
+    fake = bin_dir / "strata"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> {log}\n'
+                    f'[ "$1" != run-dir ] || exec {sys.executable} -m recipes.cli "$@"\n')  # fmt: skip
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = ["bash", str(EGS / "iemocap" / "run.sh"), "--stage", "1", "--stop_stage", "2", "--folds", "1",
+               "--data_dir", str(data), "--exp_dir", str(tmp_path / "exp"), *options]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line.split(" ", 1) for line in log.read_text().splitlines() if not line.startswith("run-dir")]
+
+
+def test_iemocap_system_morais_fine_tunes_and_tests_the_average_of_the_five_best(tmp_path):
+    (_, fit), (_, test) = iemocap_calls(tmp_path, "--system", "morais")
+    run = tmp_path / "exp" / "emotion" / "hubert_base_weighted_sum_all_morais" / "fold1"
+    for call in (fit, test):
+        assert "recipes/configs/emotion_morais.yaml" in call and "--model.upstream.trainable all" in call
+        assert "--average_best 5" in call and str(run) in call
+    assert "--ckpt_path averaged" in test and "--ckpt_path averaged" not in fit
+
+
+def test_iemocap_adversary_and_pooling_options_reach_fit_and_test_and_name_the_run(tmp_path):
+    (_, fit), (_, test) = iemocap_calls(tmp_path, "--adversary", "0.001", "--pooling", "ecapa")
+    for call in (fit, test):
+        assert '--model.task.init_args.speaker_adversary {"weight": 0.001}' in call
+        assert "--model.task.init_args.pooling ecapa" in call and "weighted_sum_ecapa_adv0.001/fold1" in call
+        assert "recipes/configs/emotion.yaml" in call and "--average_best" not in call

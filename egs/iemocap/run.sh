@@ -5,6 +5,8 @@
 # 3 report (per fold and mean).
 #   bash run.sh --iemocap_root /data/IEMOCAP_full_release
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv -- --trainer.max_epochs 10
+#   bash run.sh --stage 1 --system morais          # Morais et al. 2022: fine-tuned, ECAPA, the 5 best averaged
+#   bash run.sh --stage 1 --adversary 0.001 --upstream hubert_large_ll60k --trainable all   # Gat et al. 2022
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,10 +22,43 @@ tag=
 seed=0
 folds="1 2 3 4 5"
 valid_fraction=0.1         # of each emotion in the four training sessions, held out to validate
+system=superb              # superb: recipes/configs/emotion.yaml; morais: emotion_morais.yaml (fine-tuned upstream,
+                           # ECAPA aggregator, the average of the 5 best checkpoints tested; trainable all, tag morais)
+pooling=                   # mean, mean_std, attentive_stats or ecapa instead of the system's
+average_best=              # keep the K best checkpoints and test their average (0: best.ckpt)
+adversary=                 # lambda of a speaker adversary behind gradient reversal (Gat et al.), e.g. 0.001
 usage="usage: bash run.sh --iemocap_root DIR [--stage N] [--stop_stage N] [--upstream NAME] [--interface NAME]
-       [--trainable frozen|all|top:K] [--tag TAG] [--folds '1 2 3 4 5'] [-- strata overrides]"
+       [--trainable frozen|all|top:K] [--tag TAG] [--folds '1 2 3 4 5'] [--system superb|morais] [--pooling NAME]
+       [--average_best K] [--adversary LAMBDA] [-- strata overrides]"
 . ../utils/parse_options.sh
 . ../utils/recipe.sh
+
+configs=(../../recipes/configs/emotion.yaml)
+task_args=()
+test_args=()
+case "${system}" in
+    superb) ;;
+    morais)
+        configs=(../../recipes/configs/emotion_morais.yaml)
+        trainable=all
+        [ -n "${tag}" ] || tag=morais
+        [ -n "${average_best}" ] || average_best=5 ;;
+    *) echo "run.sh: --system must be superb or morais, got ${system}" >&2; exit 1 ;;
+esac
+configs+=(conf/emotion.yaml)
+if [ -n "${pooling}" ]; then
+    task_args+=(--model.task.init_args.pooling "${pooling}")
+    tag="${tag:+${tag}_}${pooling}"
+fi
+if [ -n "${average_best}" ]; then
+    task_args+=(--average_best "${average_best}")
+    if [ "${average_best}" -gt 0 ]; then test_args+=(--ckpt_path averaged); fi
+fi
+if [ -n "${adversary}" ]; then
+    # The speakers come from the training manifest; fit and test get the same options (the head has the adversary).
+    task_args+=(--model.task.init_args.speaker_adversary "{\"weight\": ${adversary}}")
+    tag="${tag:+${tag}_}adv${adversary}"
+fi
 
 if stage_on -1; then
     log "Stage -1: IEMOCAP cannot be downloaded by a script: request it at https://sail.usc.edu/iemocap/ (a licence"
@@ -44,7 +79,8 @@ if stage_on 1 || stage_on 2; then
         require "${fold}/train.jsonl" 0
         log "Stages 1-2: fold ${k} (test on Session ${k}) with ${upstream}"
         fit_and_test "${run}/fold${k}" "${fold}/train.jsonl" "${fold}/valid.jsonl" \
-            "${fold}/test.jsonl" -- ../../recipes/configs/emotion.yaml conf/emotion.yaml
+            "${fold}/test.jsonl" -- "${configs[@]}" -- ${task_args[@]+"${task_args[@]}"} \
+            -- ${test_args[@]+"${test_args[@]}"}
     done
 fi
 
