@@ -147,7 +147,9 @@ class EcapaPooling(Pooling):
     attentive statistics, the embedding layer) over the frames, `[B, config.embedding_size]`.
 
     Mask-aware as the extractor is: padding never changes the result in eval mode. In train mode its BatchNorms'
-    batch statistics include the padded frames (see `downstream.speaker`), and a batch needs two utterances.
+    batch statistics include the padded frames (see `downstream.speaker`). A training batch of one utterance (a
+    length-bucketed epoch's last batch often is) cannot give utterance-level batch statistics: for it the two
+    utterance-level BatchNorms use their running statistics and leave them unchanged.
     """
 
     def __init__(self, input_size: int, config: EcapaConfig | dict | None = None) -> None:
@@ -159,10 +161,13 @@ class EcapaPooling(Pooling):
         self.output_size = config.embedding_size
 
     def pool(self, features, mask):
-        if self.training and features.size(0) == 1:
-            # ECAPA's last BatchNorms normalise over the utterances of a batch; torch's error would not say why.
-            raise ValueError(
-                "ecapa pooling cannot train on a one-utterance batch (its embedding BatchNorm normalises over "
-                "utterances); raise --data.max_batch_seconds above the longest training utterance"
-            )
-        return self.extractor.extract(features.transpose(1, 2), mask[:, None, :])
+        if not (self.training and features.size(0) == 1):
+            return self.extractor.extract(features.transpose(1, 2), mask[:, None, :])
+        norms = [self.extractor.pooling_norm, self.extractor.embedding_norm]
+        for norm in norms:
+            norm.eval()
+        try:
+            return self.extractor.extract(features.transpose(1, 2), mask[:, None, :])
+        finally:
+            for norm in norms:
+                norm.train()

@@ -144,6 +144,14 @@ def test_ecapa_pooling_of_a_padded_batch_equals_each_utterance_alone_in_eval_mod
     assert (out[1] - pooling(short[None], torch.tensor([9]))[0]).abs().max() < 1e-5
 
 
-def test_ecapa_pooling_refuses_to_train_on_one_utterance_with_advice():
-    with pytest.raises(ValueError, match="one-utterance batch.*max_batch_seconds"):
-        build_pooling("ecapa", 10, config=SMALL_ECAPA)(torch.randn(1, 20, 10), torch.tensor([20]))
+def test_ecapa_pooling_trains_on_one_utterance_with_the_utterance_norms_running_statistics():
+    pooling = build_pooling("ecapa", 10, config=SMALL_ECAPA).train()
+    norms = [pooling.extractor.pooling_norm, pooling.extractor.embedding_norm]
+    before = [norm.running_mean.clone() for norm in norms]
+    out = pooling(torch.randn(1, 20, 10), torch.tensor([20]))
+    out.sum().backward()
+    assert out.shape == (1, pooling.output_size) and torch.isfinite(out).all()
+    assert all(torch.equal(norm.running_mean, mean) for norm, mean in zip(norms, before, strict=True))
+    assert all(norm.training for norm in norms)  # back in train mode for the next batch
+    pooling(torch.randn(2, 20, 10), torch.tensor([20, 15]))
+    assert not torch.equal(norms[1].running_mean, before[1])  # a batch of two updates them
