@@ -17,6 +17,13 @@ from ..tokenizer import Tokenizer, normalize_text, train_from_manifest
 from .base import Calibration, Evaluator, Predictor, Reduce, SplitData, Task, gather_objects, register_task
 
 
+def decode_texts(task: AsrTask, outputs: CTCOutput, beam: bool) -> list[str]:
+    """The text of each utterance of a batch: best-path CTC decoding, or the task's beam search."""
+    log_probs, lengths = outputs.log_probs.detach().float().cpu(), outputs.lengths.cpu()
+    best = task.beam_decoder.decode(log_probs, lengths) if beam else greedy_decode(log_probs, lengths)
+    return [task.text_tokenizer.decode(ids) for ids in best]
+
+
 class TranscriptPredictor(Predictor):
     """CTC outputs -> `text`, decoded as the test decodes (the task's `decoder`); windows of a long input are
     joined with a space."""
@@ -25,12 +32,7 @@ class TranscriptPredictor(Predictor):
         self.task = task
 
     def __call__(self, outputs: CTCOutput, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        log_probs, lengths = outputs.log_probs.detach().float().cpu(), outputs.lengths.cpu()
-        if self.task.decoder == "beam":
-            best = self.task.beam_decoder.decode(log_probs, lengths)
-        else:
-            best = greedy_decode(log_probs, lengths)
-        return [{"text": self.task.text_tokenizer.decode(ids)} for ids in best]
+        return [{"text": text} for text in decode_texts(self.task, outputs, beam=self.task.decoder == "beam")]
 
     def join(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
         return {"text": " ".join(text for answer in answers if (text := answer["text"].strip()))}
@@ -49,15 +51,11 @@ class TranscriptionEvaluator(Evaluator):
         self.counts: dict[str, int] = {}
 
     def update(self, outputs: CTCOutput, batch: dict[str, Any]) -> None:
-        log_probs, lengths = outputs.log_probs.detach().float().cpu(), outputs.lengths.cpu()
         indices = batch["indices"].tolist()
-        greedy = [self.task.text_tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+        greedy = decode_texts(self.task, outputs, beam=False)
         self.greedy.update(zip(indices, greedy, strict=True))
-        if self.beam:
-            best = self.task.beam_decoder.decode(log_probs, lengths)
-            self.hypotheses.update(zip(indices, (self.task.text_tokenizer.decode(ids) for ids in best), strict=True))
-        else:
-            self.hypotheses.update(zip(indices, greedy, strict=True))
+        best = decode_texts(self.task, outputs, beam=True) if self.beam else greedy
+        self.hypotheses.update(zip(indices, best, strict=True))
 
     def _score(self, hypotheses: dict[int, str]) -> tuple[list[str], list[str], list[int]]:
         order = sorted(hypotheses)
