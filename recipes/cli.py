@@ -344,6 +344,7 @@ def _load_for_command(args: argparse.Namespace):
 def predict(args: argparse.Namespace) -> None:
     import json
 
+    from .data import write_jsonl
     from .inference import files_manifest, read_prediction_manifest
 
     if bool(args.audio) == bool(args.manifest):
@@ -353,25 +354,19 @@ def predict(args: argparse.Namespace) -> None:
         manifest = read_prediction_manifest(args.manifest, model.task)
     else:
         fields = {}
-        if model.task.name == "asd":
+        if model.task.prediction_fields:  # ASD: the clips' machine and section
             sections = sorted((model.calibration.values.get("thresholds") or {}).keys())
             section = args.section or (sections[0] if len(sections) == 1 else None)
             if section is None or "/" not in section:
                 raise ValueError(f"--section machine/section is needed for asd files; the model knows {sections}")
             fields = dict(zip(("machine", "section"), section.split("/", 1), strict=True))
         manifest = files_manifest(args.audio, fields)
-    lines = (json.dumps(answer) + "\n" for answer in model.predict_manifest(manifest, args.batch_seconds,
-                                                                         progress=args.out is not None))  # fmt: skip
+    answers = model.predict_manifest(manifest, args.batch_seconds, progress=args.out is not None)
     if args.out is None:
-        for line in lines:
-            sys.stdout.write(line)
+        for answer in answers:
+            sys.stdout.write(json.dumps(answer) + "\n")
         return
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-    partial.replace(out)
+    out = write_jsonl(args.out, list(answers))
     print(f"wrote {len(manifest)} predictions of {args.model} to {out}")
 
 

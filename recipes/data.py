@@ -214,12 +214,18 @@ class AudioDataset(Dataset):
             raise AudioError(f"{error} ({self.manifest.where(index)}, id {entry['id']})") from None
         if self.crop_samples is not None:
             wav = repeat_to(wav, self.crop_samples)
-        elif wav.numel() < self.min_samples:
-            wav = torch.nn.functional.pad(wav, (0, self.min_samples - wav.numel()))
+        else:
+            wav = pad_to_min_samples(wav, self.min_samples)
         item = {"index": index, "id": entry["id"], "wav": wav}
         if self.targets is not None:
             item["target"] = self.targets[index]
         return item
+
+
+def pad_to_min_samples(wav: torch.Tensor, min_samples: int) -> torch.Tensor:
+    """`wav [S]` zero-padded to the upstream's receptive field when shorter (an upstream cannot make a frame from
+    less)."""
+    return wav if wav.numel() >= min_samples else torch.nn.functional.pad(wav, (0, min_samples - wav.numel()))
 
 
 def run_seed(seed: int | None) -> int:

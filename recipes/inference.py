@@ -24,7 +24,7 @@ import torch
 
 from .audio import read_audio, window_bounds
 from .averaging import TOP_DIR
-from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest
+from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, pad_to_min_samples, read_manifest
 from .tasks.base import Calibration, Predictor
 
 EXPORT_CONFIG = "strata.json"  # what marks a `strata export` folder
@@ -124,8 +124,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, trust_code: boo
     else:
         config = run_dir / "config_test.yaml"
         module = SSLTaskModule.from_config(_read_yaml(config).get("model") or {}, str(config), trust_code).eval()
-    calibration_path = run_dir / Calibration.FILENAME
-    calibration = Calibration.load(calibration_path) if calibration_path.is_file() else Calibration()
+    calibration = Calibration.in_folder(run_dir)
     return RunModel(module, calibration, path, run_dir, tested_batch_seconds(run_dir))
 
 
@@ -186,8 +185,7 @@ def load_export(folder: str | Path, trust_code: bool = False) -> RunModel:
     except RuntimeError as error:
         raise ValueError(f"the weights in {weights} do not fit the model {folder / EXPORT_CONFIG} describes: "
                          f"{' '.join(str(error).split())[:400]}") from None  # fmt: skip
-    calibration_path = folder / Calibration.FILENAME
-    calibration = Calibration.load(calibration_path) if calibration_path.is_file() else Calibration()
+    calibration = Calibration.in_folder(folder)
     return RunModel(module.eval(), calibration, None, None, (config.get("predict") or {}).get("batch_seconds"))
 
 
@@ -284,14 +282,12 @@ class StrataModel:
         return wav
 
     def _batch(self, wavs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-padded `[B, S]` and lengths, each clip at least the upstream's receptive field (as the test pads)."""
+        """Zero-padded `[B, S]` and lengths, each clip at least the upstream's receptive field, as the test's
+        `AudioDataset` and `PadCollate` make them."""
         minimum = getattr(self.module.upstream, "min_samples", 0)
-        wavs = [w if w.numel() >= minimum else torch.nn.functional.pad(w, (0, minimum - w.numel())) for w in wavs]
-        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-        batch = torch.zeros(len(wavs), int(lengths.max()))
-        for row, wav in enumerate(wavs):
-            batch[row, : wav.numel()] = wav
-        return batch, lengths
+        items = [{"index": i, "id": "", "wav": pad_to_min_samples(w, minimum)} for i, w in enumerate(wavs)]
+        batch = PadCollate()(items)
+        return batch["wavs"], batch["wav_lengths"]
 
     # Answers -------------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -396,5 +392,4 @@ def files_manifest(paths: Sequence[str | Path], fields: dict[str, Any] | None = 
 
 def read_prediction_manifest(path: str | Path, task: Any) -> Manifest:
     """A manifest to predict on: only the fields the task's answers need (ASD: machine, section), no labels."""
-    fields = {"machine": str, "section": str} if task.name == "asd" else {}
-    return read_manifest(path, fields=fields)
+    return read_manifest(path, fields=task.prediction_fields)

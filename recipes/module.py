@@ -60,6 +60,10 @@ class InterfaceConfig:
         return {key: value for key, value in asdict(self).items() if key != "name" and value is not None}
 
 
+# Task options that name files (ASR's tokenizer, language model and lexicon).
+TASK_FILES = ("tokenizer", "lm", "lexicon")
+
+
 def relocate_task_files(task: dict[str, Any], folder: Path) -> dict[str, Any]:
     """`task` (a `Task.config()`) with each file it names that does not exist replaced by the file of the same name
     in `folder`, when there is one."""
@@ -70,10 +74,6 @@ def relocate_task_files(task: dict[str, Any], folder: Path) -> dict[str, Any]:
             if moved.is_file():
                 init_args[key] = str(moved)
     return {**task, "init_args": init_args}
-
-
-# Task options that name files (ASR's tokenizer, language model and lexicon).
-TASK_FILES = ("tokenizer", "lm", "lexicon")
 
 
 class SSLTaskModule(L.LightningModule):

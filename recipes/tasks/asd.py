@@ -261,6 +261,7 @@ class AsdTask(Task):
 
     name = "asd"
     fields = {"machine": str, "section": str, "attributes": dict}
+    prediction_fields = {"machine": str, "section": str}
     monitor = "accuracy"
 
     classes: list[str] | None = None

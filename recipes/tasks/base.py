@@ -106,6 +106,12 @@ class Calibration:
             raise ValueError(f"could not read the calibration {path}: {error}") from None
         return cls(values, tensors)
 
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> "Calibration":
+        """The calibration a run or export folder holds; an empty one when it has none (a task needing none)."""
+        path = Path(folder) / cls.FILENAME
+        return cls.load(path) if path.is_file() else cls()
+
 
 class Predictor:
     """Turns the head's outputs for a batch (in eval mode) into the task's answer per utterance, as
@@ -219,6 +225,8 @@ class Task:
 
     # Inputs longer than this are cut into windows for prediction and their answers joined (`Predictor.join`).
     window_seconds: ClassVar[float | None] = None
+    # Manifest fields `strata predict` needs beside the audio (no labels): ASD scores a clip against its section.
+    prediction_fields: ClassVar[dict[str, type]] = {}
 
     def predictor(self, calibration: Calibration) -> Predictor:
         """What `strata predict` answers from the head's outputs, deciding with what the test measured."""
