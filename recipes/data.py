@@ -154,6 +154,11 @@ class AudioDataset(Dataset):
     trained on silence-padded crops learn the padding. Only the cropped segment is read from disk. Crops start on
     the grid of `frame_rate` (the upstream's frames; every sample when unset), so that `CachedFeatureDataset` can
     take the same crops, from the same seed, as frames.
+
+    With `max_seconds` (pre-training, as HuBERT crops to 250k samples), only clips longer than it are cropped, to a
+    random `max_seconds` window on the same grid; shorter clips are whole. Frame-level targets (`target_frame_dim`:
+    the frames' dimension of each target, e.g. 0 for cluster ids `[T]`) are cut from the crop's first frame, so
+    frame i of the crop keeps the target of the frame it was in the whole clip.
     """
 
     def __init__(
@@ -164,7 +169,15 @@ class AudioDataset(Dataset):
         min_samples: int = 0,
         crop_seconds: float | None = None,
         frame_rate: float | None = None,
+        max_seconds: float | None = None,
+        target_frame_dim: int | None = None,
     ) -> None:
+        if crop_seconds is not None and max_seconds is not None:
+            raise ValueError("crop_seconds (every clip to one length) and max_seconds (long clips only) exclude each other")
+        if max_seconds is not None and max_seconds * sample_rate < max(min_samples, 1):
+            raise ValueError(f"max_seconds={max_seconds} is shorter than the upstream's {min_samples} samples")
+        if target_frame_dim is not None and frame_rate is None:
+            raise ValueError("frame-level targets (target_frame_dim) are cropped on the frame grid: give frame_rate")
         if targets is not None and len(targets) != len(manifest):
             raise ValueError(f"{len(targets)} targets for {len(manifest)} utterances of {manifest.path}")
         self.manifest = manifest
@@ -176,6 +189,8 @@ class AudioDataset(Dataset):
             raise ValueError(f"crop_seconds={crop_seconds} is shorter than the upstream's {min_samples} samples")
         self.crop_seconds = crop_seconds
         self.crop_samples = None if crop_seconds is None else crop_samples(crop_seconds, sample_rate)
+        self.max_seconds = max_seconds
+        self.target_frame_dim = target_frame_dim
         short = [d for d in manifest.durations if d * sample_rate < min_samples and crop_seconds is None]
         if short:
             warnings.warn(
@@ -192,33 +207,45 @@ class AudioDataset(Dataset):
         """Seconds of audio each item will have: what batches are sized by."""
         if self.crop_seconds is not None:
             return [self.crop_seconds] * len(self)
+        if self.max_seconds is not None:
+            return [min(seconds, self.max_seconds) for seconds in self.manifest.durations]
         return self.manifest.durations
 
-    def _segment(self, entry: dict[str, Any]) -> tuple[float | None, float | None]:
+    def _segment(self, entry: dict[str, Any]) -> tuple[float | None, float | None, int | None]:
+        """(start, end) in seconds to read, and the crop's first step on the grid (None: not cropped)."""
         start, end = entry.get("start"), entry.get("end")
-        if self.crop_seconds is None:
-            return start, end
+        crop = self.crop_seconds if self.crop_seconds is not None else self.max_seconds
+        if crop is None:
+            return start, end, None
         rate = self.frame_rate or self.sample_rate
-        step = crop_start(utterance_seconds(entry), self.crop_seconds, rate)
+        step = crop_start(utterance_seconds(entry), crop, rate)
         if step is None:
-            return start, end
+            return start, end, None
         offset = (start or 0.0) + step / rate
         # The end in whole samples after the start: the read is exactly the crop, not one sample short by rounding.
-        return offset, offset + self.crop_samples / self.sample_rate
+        return offset, offset + crop_samples(crop, self.sample_rate) / self.sample_rate, step
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.manifest.entries[index]
+        start, end, step = self._segment(entry)
         try:
-            wav = read_audio(entry["audio"], self.sample_rate, *self._segment(entry))
+            wav = read_audio(entry["audio"], self.sample_rate, start, end)
         except AudioError as error:
             raise AudioError(f"{error} ({self.manifest.where(index)}, id {entry['id']})") from None
         if self.crop_samples is not None:
             wav = repeat_to(wav, self.crop_samples)
+        elif step is not None:  # a long clip's max_seconds window
+            wav = wav[: crop_samples(self.max_seconds, self.sample_rate)]
         else:
             wav = pad_to_min_samples(wav, self.min_samples)
         item = {"index": index, "id": entry["id"], "wav": wav}
         if self.targets is not None:
-            item["target"] = self.targets[index]
+            target = self.targets[index]
+            if step is not None and self.target_frame_dim is not None:
+                crop = self.crop_seconds if self.crop_seconds is not None else self.max_seconds
+                frames = min(target.size(self.target_frame_dim) - step, int(round(crop * self.frame_rate)))
+                target = target.narrow(self.target_frame_dim, step, frames)
+            item["target"] = target
         return item
 
 

@@ -233,6 +233,38 @@ def test_crops_have_the_crop_length_and_short_clips_are_repeated_not_zero_padded
     np.testing.assert_array_equal(short, np.concatenate([ramp[:4800], ramp[:3200]]))  # repeated, not zeros
 
 
+def test_max_seconds_crops_only_long_clips_on_the_frame_grid_with_their_frame_targets(tmp_path):
+    ramp = (np.arange(32000) / 32000).astype("float32")
+    soundfile.write(str(tmp_path / "long.wav"), ramp, 16000, subtype="FLOAT")
+    soundfile.write(str(tmp_path / "short.wav"), ramp[:4800], 16000, subtype="FLOAT")
+    manifest = read_manifest(
+        write_manifest(tmp_path / "m.jsonl", [
+            {"id": "long", "audio": "long.wav", "duration": 2.0},
+            {"id": "short", "audio": "short.wav", "duration": 0.3},
+        ])
+    )  # fmt: skip
+    targets = [torch.arange(100), torch.arange(15)]  # one id per 20 ms frame: the frame's index in the clip
+    dataset = AudioDataset(manifest, 16000, targets, frame_rate=50, max_seconds=0.5, target_frame_dim=0)
+    assert dataset.durations == [0.5, 0.3]
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(6):
+        item = dataset[0]
+        start = round(item["wav"][0].item() * 32000)
+        assert item["wav"].numel() == 8000 and start % 320 == 0  # a whole frame's hop
+        np.testing.assert_array_equal(item["wav"].numpy(), ramp[start : start + 8000])
+        assert item["target"].tolist() == list(range(start // 320, start // 320 + 25))  # the crop's own frames
+        starts.add(start)
+    assert len(starts) > 1
+    short = dataset[1]
+    np.testing.assert_array_equal(short["wav"].numpy(), ramp[:4800])  # whole, not padded or repeated
+    assert short["target"].tolist() == list(range(15))
+    with pytest.raises(ValueError, match="frame_rate"):
+        AudioDataset(manifest, 16000, targets, max_seconds=0.5, target_frame_dim=0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        AudioDataset(manifest, 16000, crop_seconds=0.5, max_seconds=0.5)
+
+
 def test_run_seed_is_the_given_one_else_the_runs_seed_everything_else_zero(monkeypatch):
     from recipes.data import run_seed
 
