@@ -173,7 +173,7 @@ class AudioDataset(Dataset):
         target_frame_dim: int | None = None,
     ) -> None:
         if crop_seconds is not None and max_seconds is not None:
-            raise ValueError("crop_seconds (every clip to one length) and max_seconds (long clips only) exclude each other")
+            raise ValueError("crop_seconds (every clip to one length) excludes max_seconds (long clips only)")
         if max_seconds is not None and max_seconds * sample_rate < max(min_samples, 1):
             raise ValueError(f"max_seconds={max_seconds} is shorter than the upstream's {min_samples} samples")
         if target_frame_dim is not None and frame_rate is None:
