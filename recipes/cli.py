@@ -231,6 +231,33 @@ def print_run_dir(args: argparse.Namespace) -> None:
     print(run_dir(args.task, args.upstream, args.interface, args.trainable, args.tag, args.exp_dir))
 
 
+def _speed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("upstreams", nargs="+", help="upstream names or sources; ratios are against the first")
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per forward (default 4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="the longest clip; the others down to half")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards; the median is shown (default 5)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+@command("speed", "time upstreams' forward on one batch side by side: parameters, ms, real-time factor, ratios",
+         _speed_arguments)  # fmt: skip
+def speed(args: argparse.Namespace) -> None:
+    import torch
+
+    from .speed import speed_table, time_upstream
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    speeds = []
+    for name in args.upstreams:
+        speeds.append(time_upstream(name, args.batch_size, args.seconds, args.repeats, args.device))
+        print(f"{name}: {speeds[-1].seconds * 1000:.1f} ms", file=sys.stderr)
+    print(f"batch of {args.batch_size} clips, {args.seconds / 2:g}-{args.seconds:g} s, median of {args.repeats}; "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(markdown_table(*speed_table(speeds)))
+
+
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders (with results.json) or folders searched for them")
     parser.add_argument("--out", required=True, help="folder for compare.md and compare.png")

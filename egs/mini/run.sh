@@ -3,7 +3,9 @@
 # every upstream asked for, then print the results table. Stages: 0 corpus, 1 emotion, 2 speaker identification,
 # 3 speaker verification, 4 speech recognition, 5 anomalous sound detection, 6 layer analysis, 7 pre-training a tiny
 # HuBERT on the corpus audio and probing it against its random-initialised twin, 8 exporting each task's run of the
-# first upstream and predicting its test set with the export, 100 report.
+# first upstream and predicting its test set with the export, 9 pre-training a tiny TERA and distilling stage 7's
+# HuBERT into a 2-layer student, all four probed side by side (and the student's speed against its teacher's),
+# 100 report.
 #   bash run.sh                                  # everything, fbank and tiny_hubert (about forty minutes, 2 cores)
 #   bash run.sh --demo true                      # what `make demo` runs: every task with fbank, one ASD run, a
 #                                                # layer probe of tiny_hubert, the results table (<= 15 minutes)
@@ -21,6 +23,8 @@ seed=0
 demo=false                     # true: every task once with fbank, the emotion probe of tiny_hubert, no pre-training
 analysis_upstream=tiny_hubert  # stage 6: the upstream whose layers are analysed
 pretrain_epochs=30             # stage 7: epochs of HuBERT pre-training (a few CPU minutes)
+tera_epochs=30                 # stage 9: epochs of TERA pre-training
+distill_epochs=30              # stage 9: epochs of distillation
 num_speakers=48           # 32 train / 8 valid / 8 test speakers for emotion and verification
 utterances_per_speaker=8  # 2 per emotion
 data_dir=data/mini
@@ -130,6 +134,17 @@ if stage_on 6; then
     log "Stage 6 wrote: $(find "${out}" -name '*.csv' -o -name '*.png' | sort | tr '\n' ' ')"
 fi
 
+# probe_model SOURCE FOLDER: every layer of the upstream SOURCE cached once in FOLDER/cache, then a linear probe of
+# the emotion and the speaker of each layer (FOLDER/probe_<task>; its best layer is a results.json)
+probe_model() {
+    local source=$1 model=$2
+    strata extract --upstream "${source}" --manifest "${data_dir}/all.jsonl" --out "${model}/cache" --dtype float32
+    for task in emotion speaker_id; do
+        strata probe --cache "${model}/cache" --task "${task}" --train "${data_dir}/${task}/train.jsonl" \
+            --test "${data_dir}/${task}/test.jsonl" --out "${model}/probe_${task}"
+    done
+}
+
 if stage_on 7 && [ "${demo}" != true ]; then
     require "${data_dir}/all.jsonl" 0
     pretrained="${exp_dir}/pretrain/tiny_hubert_it1"
@@ -141,13 +156,7 @@ if stage_on 7 && [ "${demo}" != true ]; then
     strata pretrain --config ../../recipes/configs/pretrain_tiny.yaml --data.train "${data_dir}/all.jsonl" \
         --trainer.max_epochs 0 --trainer.default_root_dir "${twin}"
     for model in "${pretrained}" "${twin}"; do
-        cache="${model}/cache"
-        strata extract --upstream "hf:${model}/upstream" --manifest "${data_dir}/all.jsonl" --out "${cache}" \
-            --dtype float32
-        for task in emotion speaker_id; do
-            strata probe --cache "${cache}" --task "${task}" --train "${data_dir}/${task}/train.jsonl" \
-                --test "${data_dir}/${task}/test.jsonl" --out "${model}/probe_${task}"
-        done
+        probe_model "hf:${model}/upstream" "${model}"
     done
     log "Stage 7: best-layer probe scores, pre-trained against random twin"
     strata report "${exp_dir}/pretrain"
@@ -168,6 +177,29 @@ if stage_on 8; then
             --out "${export_dir}/test_predictions.jsonl"
         [ -f "${export_dir}/test_predictions.jsonl" ] && head -n 2 "${export_dir}/test_predictions.jsonl" | cut -c 1-200
     done
+fi
+
+if stage_on 9 && [ "${demo}" != true ]; then
+    require "${data_dir}/all.jsonl" 0
+    teacher="${exp_dir}/pretrain/tiny_hubert_it1"
+    require "${teacher}/cache/index.json" 7
+    tera="${exp_dir}/pretrain/tera_tiny"
+    student="${exp_dir}/pretrain/distilled_tiny_hubert"
+    log "Stage 9: pre-training a tiny TERA (log-mel reconstruction from altered copies) -> ${tera}"
+    strata pretrain --config ../../recipes/configs/pretrain_tera_tiny.yaml --data.train "${data_dir}/all.jsonl" \
+        --trainer.max_epochs "${tera_epochs}" --trainer.default_root_dir "${tera}" --ckpt_path last
+    log "distilling ${teacher} into a 2-layer student (the teacher's layers read from its stage-7 cache) -> ${student}"
+    strata distill --config ../../recipes/configs/distill_tiny.yaml --model.teacher "hf:${teacher}/upstream" \
+        --data.train "${data_dir}/all.jsonl" --data.teacher_cache "${teacher}/cache" \
+        --trainer.max_epochs "${distill_epochs}" --trainer.default_root_dir "${student}" --ckpt_path last
+    probe_model "tera:${tera}/upstream" "${tera}"
+    probe_model "hf:${student}/upstream" "${student}"
+    log "best-layer probes of the random twin, the HuBERT, TERA and the student -> ${exp_dir}/pretrain/compare"
+    strata compare "${exp_dir}/pretrain/tiny_hubert_random" "${teacher}" "${tera}" "${student}" \
+        --out "${exp_dir}/pretrain/compare"
+    cat "${exp_dir}/pretrain/compare/compare.md"
+    log "forward time of the student against its teacher"
+    strata speed "hf:${student}/upstream" "hf:${teacher}/upstream"
 fi
 
 if stage_on 100; then
