@@ -65,7 +65,21 @@ def test_the_full_recipe_keeps_both_upstreams_every_analysis_and_pre_training(tm
     assert sorted(embeddings) == ["featex"] * 4 + ["frozen"] * 2  # per upstream: FeatEx fit and test, frozen test
     assert {option(call, "--task") for call in calls if call[0] == "probe"} == {"emotion", "speaker_id"}
     assert {call[1] for call in calls if call[0] == "analyze"} == {"cca", "mi"}
-    assert sum(call[0] == "pretrain" for call in calls) == 2  # the pre-trained model and its random twin
+    pretrained = [Path(option(call, "--trainer.default_root_dir")).name for call in calls if call[0] == "pretrain"]
+    assert pretrained == ["tiny_hubert_it1", "tiny_hubert_random", "tera_tiny"]  # HuBERT, its random twin, TERA
+    distills = [call for call in calls if call[0] == "distill"]
+    assert len(distills) == 1 and option(distills[0], "--model.teacher").endswith("tiny_hubert_it1/upstream")
+    assert option(distills[0], "--data.teacher_cache").endswith("tiny_hubert_it1/cache")  # stage 7's extraction
+    extracted = [option(call, "--upstream") for call in calls if call[0] == "extract"]
+    assert [Path(source).parent.name for source in extracted[-4:]] == [
+        "tiny_hubert_it1", "tiny_hubert_random", "tera_tiny", "distilled_tiny_hubert"
+    ]  # fmt: skip
+    assert extracted[-2].startswith("tera:") and extracted[-1].startswith("hf:")
+    compares = [call for call in calls if call[0] == "compare"]
+    assert [Path(folder).name for folder in compares[0][1:5]] == [
+        "tiny_hubert_random", "tiny_hubert_it1", "tera_tiny", "distilled_tiny_hubert"
+    ]  # fmt: skip
+    assert [call[1:3] for call in calls if call[0] == "speed"] == [[extracted[-1], extracted[-4]]]  # student, teacher
     assert calls[-1][0] == "report"
     asd_tests = {Path(option(call, "--trainer.default_root_dir")).name: call for call in calls
                  if call[0] == "test" and option(call, "--config") == "conf/asd.yaml"}  # fmt: skip

@@ -182,7 +182,6 @@ fi
 if stage_on 9 && [ "${demo}" != true ]; then
     require "${data_dir}/all.jsonl" 0
     teacher="${exp_dir}/pretrain/tiny_hubert_it1"
-    require "${teacher}/cache/index.json" 7
     tera="${exp_dir}/pretrain/tera_tiny"
     student="${exp_dir}/pretrain/distilled_tiny_hubert"
     log "Stage 9: pre-training a tiny TERA (log-mel reconstruction from altered copies) -> ${tera}"
@@ -197,7 +196,6 @@ if stage_on 9 && [ "${demo}" != true ]; then
     log "best-layer probes of the random twin, the HuBERT, TERA and the student -> ${exp_dir}/pretrain/compare"
     strata compare "${exp_dir}/pretrain/tiny_hubert_random" "${teacher}" "${tera}" "${student}" \
         --out "${exp_dir}/pretrain/compare"
-    cat "${exp_dir}/pretrain/compare/compare.md"
     log "forward time of the student against its teacher"
     strata speed "hf:${student}/upstream" "hf:${teacher}/upstream"
 fi
