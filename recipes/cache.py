@@ -33,8 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .audio import read_audio
-from .data import Manifest, bucket_batches, crop_start, read_manifest, repeat_to, utterance_seconds
+from .data import Manifest, bucket_batches, crop_start, read_entry, read_manifest, repeat_to, utterance_seconds
 
 INDEX = "index.json"
 FORMAT = "strata-feature-cache/1"
@@ -275,7 +274,7 @@ def _write_shard(
     pieces: dict[str, torch.Tensor] = {}
     for batch in bucket_batches([float(e["duration"]) for e in shard], batch_seconds):
         items = [shard[i] for i in batch]
-        wavs = [read_audio(e["audio"], upstream.sample_rate, e.get("start"), e.get("end")) for e in items]
+        wavs = [read_entry(e, upstream.sample_rate) for e in items]
         lengths = torch.tensor([max(w.numel(), upstream.min_samples) for w in wavs])
         padded = torch.zeros(len(wavs), int(lengths.max()))
         for row, wav in enumerate(wavs):

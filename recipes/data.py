@@ -191,6 +191,7 @@ class AudioDataset(Dataset):
         self.crop_samples = None if crop_seconds is None else crop_samples(crop_seconds, sample_rate)
         self.max_seconds = max_seconds
         self.target_frame_dim = target_frame_dim
+        self.out_of_range = 0  # clips read so far with samples outside [-1, 1]
         short = [d for d in manifest.durations if d * sample_rate < min_samples and crop_seconds is None]
         if short:
             warnings.warn(
@@ -229,7 +230,7 @@ class AudioDataset(Dataset):
         entry = self.manifest.entries[index]
         start, end, step = self._segment(entry)
         try:
-            wav = read_audio(entry["audio"], self.sample_rate, start, end)
+            wav = read_entry(entry, self.sample_rate, start, end)
         except AudioError as error:
             raise AudioError(f"{error} ({self.manifest.where(index)}, id {entry['id']})") from None
         if self.crop_samples is not None:
@@ -238,6 +239,7 @@ class AudioDataset(Dataset):
             wav = wav[: crop_samples(self.max_seconds, self.sample_rate)]
         else:
             wav = pad_to_min_samples(wav, self.min_samples)
+        self._check_range(wav, index)
         item = {"index": index, "id": entry["id"], "wav": wav}
         if self.targets is not None:
             target = self.targets[index]
@@ -247,6 +249,19 @@ class AudioDataset(Dataset):
                 target = target.narrow(self.target_frame_dim, step, frames)
             item["target"] = target
         return item
+
+    def _check_range(self, wav: torch.Tensor, index: int) -> None:
+        """Float files may hold samples beyond [-1, 1] (a mix, an unnormalised export): they are used as they are,
+        counted in `out_of_range`, and the first one is warned about, once per dataset (per DataLoader worker)."""
+        if wav.numel() and float(wav.abs().max()) > 1.0:
+            self.out_of_range += 1
+            if self.out_of_range == 1:
+                warnings.warn(
+                    f"{self.manifest.where(index)} ({self.manifest.entries[index]['audio']}) has samples up to "
+                    f"{float(wav.abs().max()):.3g}, outside [-1, 1]: used as they are, not clipped or rescaled; "
+                    f"later such clips of {self.manifest.path} are only counted",
+                    stacklevel=2,
+                )
 
 
 def pad_to_min_samples(wav: torch.Tensor, min_samples: int) -> torch.Tensor:
@@ -258,6 +273,18 @@ def pad_to_min_samples(wav: torch.Tensor, min_samples: int) -> torch.Tensor:
 def run_seed(seed: int | None) -> int:
     """The seed of a run's data order and draws: the one given, else the run's `seed_everything` seed, else 0."""
     return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def read_entry(
+    entry: Mapping[str, Any], sample_rate: int, start: float | None = None, end: float | None = None
+) -> torch.Tensor:
+    """The audio of a manifest entry (its `start`-`end` segment, or the `start`-`end` given, e.g. a crop), with
+    the file's length checked against what the entry records (`read_audio`'s `duration`)."""
+    if start is None and end is None:
+        start, end = entry.get("start"), entry.get("end")
+    # An entry without an end records the file's length from its start; a segment's end is checked instead.
+    file_seconds = None if entry.get("end") is not None else float(entry["duration"]) + (entry.get("start") or 0.0)
+    return read_audio(entry["audio"], sample_rate, start, end, duration=file_seconds)
 
 
 def utterance_seconds(entry: Mapping[str, Any]) -> float:

@@ -47,3 +47,26 @@ def test_bad_audio_is_named_in_the_error(tmp_path):
     junk.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="could not read audio file .*junk.wav"):
         read_audio(junk, 16000)
+
+
+def test_non_finite_samples_are_an_error_naming_the_file_the_count_and_the_time(tmp_path):
+    wav = np.zeros(16000, dtype="float32")
+    wav[8000], wav[8001] = np.nan, np.inf
+    soundfile.write(str(tmp_path / "nan.wav"), wav, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan.wav holds 2 non-finite samples \(NaN or inf\), the first at 0.500 s"):
+        read_audio(tmp_path / "nan.wav", 16000)
+    with pytest.raises(AudioError, match="the first at 0.500 s"):  # the time in the file, not in the segment
+        read_audio(tmp_path / "nan.wav", 16000, start=0.25, end=0.75)
+    assert read_audio(tmp_path / "nan.wav", 16000, start=0.0, end=0.4).isfinite().all()  # the clean part reads
+
+
+def test_a_duration_the_file_does_not_have_is_an_error_naming_both(tmp_path):
+    soundfile.write(str(tmp_path / "two.wav"), np.zeros(32000, dtype="float32"), 16000)
+    with pytest.raises(AudioError, match=r"two.wav holds 2.000 s of audio but the manifest says duration 200.000 s"):
+        read_audio(tmp_path / "two.wav", 16000, duration=200.0)
+    assert read_audio(tmp_path / "two.wav", 16000, duration=2.09).numel() == 32000  # within 0.1 s: rounding
+    assert read_audio(tmp_path / "two.wav", 16000, duration=1.91).numel() == 32000
+    with pytest.raises(AudioError, match="manifest says duration 1.850 s"):  # beyond 0.1 s and 5 %
+        read_audio(tmp_path / "two.wav", 16000, duration=1.85)
+    with pytest.raises(AudioError, match=r"holds 2.000 s of audio but the segment ends at 3.000 s"):
+        read_audio(tmp_path / "two.wav", 16000, start=1.0, end=3.0)

@@ -272,3 +272,31 @@ def test_run_seed_is_the_given_one_else_the_runs_seed_everything_else_zero(monke
     assert run_seed(None) == 0 and run_seed(7) == 7
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     assert run_seed(None) == 3 and run_seed(7) == 7
+
+
+def test_nan_audio_and_a_wrong_duration_are_errors_naming_the_manifest_line_and_id(tmp_path):
+    wav = np.zeros(16000, dtype="float32")
+    wav[100] = np.nan
+    soundfile.write(str(tmp_path / "nan.wav"), wav, 16000, subtype="FLOAT")
+    soundfile.write(str(tmp_path / "two.wav"), np.zeros(32000, dtype="float32"), 16000)
+    entries = [{"id": "n", "audio": "nan.wav", "duration": 1.0}, {"id": "w", "audio": "two.wav", "duration": 200.0}]
+    manifest = read_manifest(write_manifest(tmp_path / "m.jsonl", entries))
+    with pytest.raises(AudioError, match=r"nan.wav holds 1 non-finite.*m.jsonl line 1, id n"):
+        AudioDataset(manifest, 16000)[0]
+    with pytest.raises(AudioError, match=r"2.000 s of audio but the manifest says duration 200.000 s.*line 2, id w"):
+        AudioDataset(manifest, 16000)[1]
+    with pytest.raises(AudioError, match=r"manifest says duration 200.000 s.*line 2, id w"):  # a crop reads less
+        AudioDataset(manifest, 16000, crop_seconds=0.5)[1]
+
+
+def test_samples_outside_the_unit_range_are_used_counted_and_warned_about_once(tmp_path):
+    for name in ("loud1", "loud2"):
+        soundfile.write(str(tmp_path / f"{name}.wav"), np.full(8000, 1.5, dtype="float32"), 16000, subtype="FLOAT")
+    entries = [{"id": name, "audio": f"{name}.wav", "duration": 0.5} for name in ("loud1", "loud2")]
+    dataset = AudioDataset(read_manifest(write_manifest(tmp_path / "m.jsonl", entries)), 16000)
+    with pytest.warns(UserWarning, match=r"m.jsonl line 1 \(.*loud1.wav\) has samples up to 1.5, outside \[-1, 1\]"):
+        assert float(dataset[0]["wav"].max()) == 1.5  # not clipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset[1]
+    assert dataset.out_of_range == 2

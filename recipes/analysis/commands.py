@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import read_audio
 from ..cache import FeatureCache
 from ..compare import unique_names
-from ..data import Manifest, read_manifest
+from ..data import Manifest, read_entry, read_manifest
 from ..plots import plot_layer_curves, plot_layer_weights
 from ..results import Results
 from ..tasks import asd_class
@@ -201,7 +200,7 @@ def _mel_frames(cache: FeatureCache, manifest: Manifest, frames: Frames) -> np.n
     target = np.zeros((len(frames.utterance), 80))
     for i in np.unique(frames.utterance):
         entry = manifest.entries[i]
-        wav = read_audio(entry["audio"], 16000, entry.get("start"), entry.get("end"))
+        wav = read_entry(entry, 16000)
         mel = log_mel(wav, 16000, cache.index.frame_rate, cache.frames(entry["id"]))
         rows = np.flatnonzero(frames.utterance == i)
         target[rows] = mel[frames.position[rows]]
