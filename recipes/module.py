@@ -18,6 +18,7 @@ from upstream.names import as_config
 from . import runs
 from .cache import upstream_fingerprint
 from .evaluation import SplitEvaluation
+from .nonfinite import checked_loss
 from .optim import with_linear_warmup
 from .results import Results
 from .spec import InputSpec
@@ -82,7 +83,8 @@ class SSLTaskModule(L.LightningModule):
     `lr` trains the interface and head; `upstream_lr` the upstream's trainable part (SSL models need a much
     smaller rate than a fresh head). `warmup_steps` ramps both linearly from zero. `feature_norm` standardises
     the interface output with running training-set statistics before the head (global MVN, as Kaldi and ESPnet
-    do for filterbanks; off in the SUPERB configs).
+    do for filterbanks; off in the SUPERB configs). A non-finite training loss stops the run naming its batch;
+    `skip_nonfinite_loss` skips such batches instead and lists them in `<run>/nonfinite_batches.jsonl`.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class SSLTaskModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         feature_norm: bool = False,
+        skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +113,7 @@ class SSLTaskModule(L.LightningModule):
         self.interface_config = interface
         self.lr, self.upstream_lr = lr, upstream_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
+        self.skip_nonfinite_loss = skip_nonfinite_loss
         self.upstream = build_upstream(upstream.name, trainable=upstream.trainable, train_cnn=upstream.train_cnn)
         self.interface = build_interface(
             interface.name, self.upstream.num_layers, self.upstream.hidden_size, **interface.options
@@ -250,9 +254,12 @@ class SSLTaskModule(L.LightningModule):
             features = self.feature_norm(features, batch["lengths"])
         return features, batch["lengths"]
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
         outputs = self.head(*self.batch_inputs(batch))
-        loss = self.head.loss(outputs, batch["targets"])
+        loss = checked_loss(self, self.head.loss(outputs, batch["targets"]), batch["ids"], self.skip_nonfinite_loss,
+                            "--model.skip_nonfinite_loss true")  # fmt: skip
+        if loss is None:
+            return None
         batch_size = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
         # A head may measure more of its training (the speaker adversary's accuracy): `training_metrics`.
