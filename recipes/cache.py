@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .data import Manifest, bucket_batches, crop_start, read_entry, read_manifest, repeat_to, utterance_seconds
+from .locking import FolderLock
 
 INDEX = "index.json"
 FORMAT = "strata-feature-cache/1"
@@ -190,14 +191,31 @@ def extract(
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
     Batches are length-bucketed (`batch_seconds` of padded audio), run without autograd, under bf16 autocast on a
-    GPU; the stored values are cast to `dtype`. Returns the index.
+    GPU; the stored values are cast to `dtype`. Returns the index. One extraction writes a folder at a time
+    (`locking.FolderLock`): a second is refused while the first lives; a killed one's lock is taken over.
     """
-    from upstream import build_upstream
-
     if dtype not in DTYPES:
         raise CacheError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, f"strata extract --upstream {upstream_name}") as lock:
+        if lock.took_over:
+            tqdm.write(f"{out}: the lock of a process that is gone (pid {lock.took_over.get('pid')}) was removed")
+        return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device, progress)
+
+
+def _extract(
+    upstream_name: str,
+    manifests: Sequence[str | Path],
+    out: Path,
+    layers: str | Sequence[int],
+    dtype: str,
+    batch_seconds: float,
+    shard_seconds: float,
+    device: str,
+    progress: bool,
+) -> CacheIndex:
+    from upstream import build_upstream
+
     parsed = [read_manifest(path) for path in manifests]
     entries = _utterances(parsed)
     if not entries:

@@ -18,6 +18,7 @@ from training import first_step_loss
 from recipes.audio import read_audio
 from recipes.cache import CachedFeatureDataset, CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
 from recipes.data import AudioDataset, read_manifest, write_jsonl
+from recipes.locking import LOCK
 from recipes.tasks import SpeakerIdTask
 from upstream import build_upstream
 
@@ -77,12 +78,14 @@ def test_a_killed_extraction_resumes_from_its_finished_shards_into_the_same_inde
     process.wait()
     finished = sorted(out.glob("shard_*.safetensors"))
     assert finished and not (out / "index.json").exists()  # killed before the end: no index yet
+    assert (out / LOCK).is_file()  # left by the killed process: stale, taken over below
     with pytest.raises(CacheError, match="unfinished extraction"):
         FeatureCache(out)
     stamps = {path.name: path.stat().st_mtime_ns for path in finished}
     settings = {"shard_seconds": 0.1, "batch_seconds": 0.01, "progress": False}
     resumed = extract("tiny_hubert", [manifest], out, **settings)
     assert all((out / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())  # not written again
+    assert not (out / LOCK).exists()
     clean = extract("tiny_hubert", [manifest], tmp_path / "clean", **settings)
     assert resumed.utterances == clean.utterances and resumed.shards == clean.shards
     assert len(resumed.shards) == len(resumed.utterances) > len(finished)
