@@ -12,12 +12,13 @@ Plain torch: no Lightning import, so `strata export` and tests use it as is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_path
 
 TOP_DIR = "top"  # <run>/checkpoints/top/: the K best
 AVERAGED_NAME = "averaged.ckpt"  # <run>/checkpoints/averaged.ckpt
@@ -82,10 +83,8 @@ def average_checkpoints(paths: Sequence[Path], out: Path) -> Path:
     for key, total in sums.items():
         state[key] = (total / len(paths)).to(state[key].dtype)
     best[AVERAGED_KEY] = {"files": [path.name for path in paths], "best": paths[0].name}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    torch.save(best, partial)
-    os.replace(partial, out)
+    with atomic_path(out) as partial:
+        torch.save(best, partial)
     return out
 
 

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from . import atomic
+from .atomic import atomic_path
 from .data import Manifest, bucket_batches, crop_start, read_entry, read_manifest, repeat_to, utterance_seconds
 from .locking import FolderLock
 
@@ -110,11 +112,7 @@ class CacheIndex:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, folder: Path) -> Path:
-        path = folder / INDEX
-        partial = folder / f".{INDEX}.partial"
-        partial.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-        return path
+        return atomic.write_text(folder / INDEX, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def read(cls, folder: str | Path) -> CacheIndex:
@@ -311,9 +309,8 @@ def _write_shard(
         offsets[entry["id"]] = (position, frames)
         position += frames
     hidden = torch.cat([pieces[e["id"]] for e in shard], dim=1).contiguous()
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({"hidden": hidden}, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        save_file({"hidden": hidden}, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
     return offsets
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import atomic_path
 from .results import markdown_table
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
@@ -303,7 +304,6 @@ def _embed_arguments(parser: argparse.ArgumentParser) -> None:
     "embed", "embed every utterance of a manifest with a trained run's head (speaker embeddings, ...)", _embed_arguments
 )
 def embed(args: argparse.Namespace) -> None:
-    import os
     from pathlib import Path
 
     import numpy as np
@@ -330,10 +330,8 @@ def embed(args: argparse.Namespace) -> None:
             embeddings.update(zip(batch["ids"], vectors, strict=True))
             progress.update(len(batch["ids"]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial.npz")  # renamed when complete: never half a file under `out`
-    np.savez(partial, **embeddings)
-    os.replace(partial, out)
+    with atomic_path(out) as partial, open(partial, "wb") as handle:  # a handle: np.savez would add .npz to a name
+        np.savez(handle, **embeddings)
     size = next(iter(embeddings.values())).shape[0]
     print(f"wrote {len(embeddings)} embeddings of size {size} from {args.ckpt} to {out}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
 from .results import Results, find_results, format_metric, markdown_table, table_metrics
 
 # Metrics where smaller is better (errors and costs); every other rate is better larger.
@@ -116,5 +117,5 @@ def compare(folders: list[str | Path], out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "compare.md"
-    table.write_text(markdown(runs_by_task), encoding="utf-8")
+    atomic.write_text(table, markdown(runs_by_task))
     return [table, plot(runs_by_task, out / "compare.png")]

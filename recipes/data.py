@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from . import atomic
 from .audio import AudioError, read_audio
 
 # Every manifest line has these; tasks add their own fields.
@@ -121,12 +122,7 @@ def read_manifest(
 def write_jsonl(path: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
     """Write a manifest, one JSON object a line, under a temporary name renamed when complete, so a killed run
     never leaves half a manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return atomic.write_text(path, "".join(json.dumps(entry) + "\n" for entry in entries))
 
 
 def _check_values(entry: dict[str, Any], where: str) -> None:

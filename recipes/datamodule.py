@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from upstream import compat
 
+from . import atomic
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest, run_seed
 from .spec import InputSpec
@@ -144,7 +145,9 @@ class ManifestDataModule(L.LightningDataModule):
         if trainer is not None and trainer.is_global_zero:
             listing = Path(trainer.default_root_dir) / f"dropped_{split}.txt"
             listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text("".join(f"{manifest.entries[i]['id']}\t{why}\n" for i, why in sorted(dropped.items())))
+            atomic.write_text(
+                listing, "".join(f"{manifest.entries[i]['id']}\t{why}\n" for i, why in sorted(dropped.items()))
+            )
             message += f"; listed in {listing}"
         warnings.warn(message, stacklevel=2)
         kept = [i for i in range(len(manifest)) if i not in dropped]

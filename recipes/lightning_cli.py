@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from . import atomic
 from .averaging import TOP_DIR, averaged_checkpoint
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
@@ -77,7 +78,7 @@ class RunFolderCLI(LightningCLI):
     def _save_config(self, filename: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / filename
-        path.write_text(self._parser(self.subcommand).dump(self.config[self.subcommand]))
+        atomic.write_text(path, self._parser(self.subcommand).dump(self.config[self.subcommand]))
         print(f"run directory {self.run_dir}; config in {path}")
 
 

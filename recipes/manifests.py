@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import atomic
 from .audio import audio_duration
 
 RESERVED = ("audio", "duration", "start", "end")  # set by the source itself, never by a regex group
@@ -283,7 +284,7 @@ def absent_audio(paths: Sequence[str | Path], listing: Path, what: str, hint: st
     if len(missing) * 2 > len(paths):
         raise ValueError(f"{len(missing)} of the {len(paths)} {what} do not exist, first: {first}: {hint}")
     listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{path}\n" for path in missing), encoding="utf-8")
+    atomic.write_text(listing, "".join(f"{path}\n" for path in missing))
     print(
         f"WARNING: skipping {len(missing)} of the {len(paths)} {what}, which do not exist (listed in {listing}), "
         f"first: {first}",

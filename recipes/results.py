@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomic
+
 FILENAME = "results.json"
 # The keys that describe a run rather than measure it, in the order they are written.
 DESCRIPTIVE = ("task", "upstream", "interface", "trainable", "dataset", "seed", "num_utterances")
@@ -81,10 +83,7 @@ class Results:
 
     def write(self, run_dir: str | Path) -> Path:
         """Write `run_dir/results.json` (making the folder); returns its path."""
-        path = Path(run_dir) / FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return atomic.write_text(Path(run_dir) / FILENAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: str | Path) -> Results:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from . import atomic
 from .data import ManifestError, read_manifest
 
 BLANK_ID = 0
@@ -163,17 +163,6 @@ class Tokenizer:
         return {c for c in set(text) if not c.isspace() and self._sp.piece_to_id(c) == self.unk_id}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Same folder, so the rename is atomic; a plain open (not mkstemp) keeps the usual file permissions.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _vocab_error(error: RuntimeError, model_type: str, vocab_size: int, count: int) -> ValueError:
     message = str(error)
     if found := re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message):
@@ -250,8 +239,8 @@ def train_tokenizer(
         raise _vocab_error(error, model_type, vocab_size, len(sentences)) from None
     # The sidecar first: a model file present means its sidecar is too.
     sidecar = {"model_type": model_type, "normalizer": normalizer, "vocab_size": vocab_size}
-    _write_atomic(_sidecar(out), (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
-    _write_atomic(out, model.getvalue())
+    atomic.write_text(_sidecar(out), json.dumps(sidecar, indent=2) + "\n")
+    atomic.write_bytes(out, model.getvalue())
     return Tokenizer(out)
 
 

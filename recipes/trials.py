@@ -15,7 +15,6 @@ A token names a manifest entry by, in this order:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+
+from . import atomic
 
 FORMAT = "`<1|0> <enroll> <test>`"
 SHOW_MISSING = 5  # ids listed in the error for tokens that name no utterance
@@ -225,7 +226,4 @@ def write_trials(path: str | Path, trials: Iterable[tuple[int, str, str]]) -> No
             if not token or len(str(token).split()) != 1:
                 raise ValueError(f"trial {number}: {token!r} cannot be a trials token (empty or has whitespace)")
         lines.append(f"{int(label)} {enroll} {test}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(lines), encoding="utf-8")
-    os.replace(partial, path)
+    atomic.write_text(path, "".join(lines))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..cache import FeatureCache
 from ..compare import unique_names
 from ..data import Manifest, read_entry, read_manifest
@@ -34,8 +35,7 @@ PROBE_LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -18,6 +18,8 @@ import torchaudio
 
 from downstream.clustering import assign, minibatch_kmeans
 
+from ..atomic import atomic_path
+
 
 def mfcc_frames(wav: torch.Tensor, sample_rate: int, num_frames: int) -> np.ndarray:
     """`[num_frames, 39]` MFCCs with deltas for `wav [S]`, one every 20 ms (the last repeated to fill a shortfall)."""
@@ -59,9 +61,8 @@ class Codebook:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial.npz")
-        np.savez(partial, centres=self.centres, mean=self.mean, std=self.std, features=np.array(self.features))
-        partial.replace(path)
+        with atomic_path(path) as partial, open(partial, "wb") as handle:  # a handle: savez would add .npz to a name
+            np.savez(handle, centres=self.centres, mean=self.mean, std=self.std, features=np.array(self.features))
         return path
 
     @classmethod

@@ -26,6 +26,7 @@ from downstream.losses import build_loss
 from downstream.metrics import dcase_scores
 from upstream.names import Registry, as_config
 
+from .. import atomic
 from ..data import Manifest, ManifestError, read_manifest
 from .base import Calibration, EmbeddingTable, Evaluator, Predictor, Reduce, SplitData, Task, register_task
 from .classification import AccuracyEvaluator
@@ -202,7 +203,7 @@ class AnomalyEvaluator(Evaluator):
             for kind, values in (("anomaly_score", [f"{s:.6f}" for s in scores]),
                                  ("decision_result", [str(int(s > threshold)) for s in scores])):  # fmt: skip
                 path = run_dir / f"{kind}_{machine}_section_{section}_test.csv"
-                path.write_text("".join(f"{n},{v}\n" for n, v in zip(names, values, strict=True)))
+                atomic.write_text(path, "".join(f"{n},{v}\n" for n, v in zip(names, values, strict=True)))
                 written.append(path)
         for machine in sorted({e["machine"] for e in entries}) if self.labelled else []:
             rows = [i for i, e in enumerate(entries) if e["machine"] == machine]

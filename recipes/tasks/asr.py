@@ -12,6 +12,7 @@ from torch import nn
 from downstream.asr import AsrHead, BeamSearchDecoder, CTCHead, CTCHeadConfig, CTCOutput, SpecAugment, greedy_decode
 from downstream.metrics import cer, wer, word_errors
 
+from .. import atomic
 from ..data import Manifest
 from ..tokenizer import Tokenizer, normalize_text, train_from_manifest
 from .base import Calibration, Evaluator, Predictor, Reduce, SplitData, Task, gather_objects, register_task
@@ -93,7 +94,7 @@ class TranscriptionEvaluator(Evaluator):
         written = []
         for name, texts in (("hyp.txt", hypotheses), ("ref.txt", references)):
             path = run_dir / name
-            path.write_text("".join(f"{i} {text}\n" for i, text in zip(ids, texts, strict=True)))
+            atomic.write_text(path, "".join(f"{i} {text}\n" for i, text in zip(ids, texts, strict=True)))
             written.append(path)
         return written
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from upstream.names import Registry, check_options
 
+from ..atomic import atomic_path
 from ..data import Manifest, ManifestError, read_manifest
 from ..trials import Trials
 
@@ -87,12 +88,10 @@ class Calibration:
         """Write to `path` through a temporary name, so a crash never leaves half a file there."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
         tensors = {key: value.detach().cpu().contiguous() for key, value in self.tensors.items()}
-        save_file(tensors, str(partial), metadata={"values": json.dumps(self.values)})
-        partial.replace(path)
-        return path
+        with atomic_path(path) as partial:
+            save_file(tensors, str(partial), metadata={"values": json.dumps(self.values)})
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

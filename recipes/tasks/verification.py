@@ -15,6 +15,7 @@ from downstream.metrics import eer, min_dcf
 from downstream.speaker import EXTRACTORS, EcapaConfig, XVectorConfig, cosine_scores
 from upstream.names import as_config
 
+from .. import atomic
 from ..data import Manifest
 from .base import (
     Calibration,
@@ -106,7 +107,7 @@ class VerificationEvaluator(Evaluator):
         rows = zip(
             trials.labels.tolist(), trials.enroll.tolist(), trials.test.tolist(), self.scores.tolist(), strict=True
         )
-        path.write_text("".join(f"{label} {ids[e]} {ids[t]} {score:.6f}\n" for label, e, t, score in rows))
+        atomic.write_text(path, "".join(f"{label} {ids[e]} {ids[t]} {score:.6f}\n" for label, e, t, score in rows))
         return [path, plot_det(self.scores, trials.labels, run_dir / "det.png", title=title)]
 
 
