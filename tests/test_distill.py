@@ -132,6 +132,20 @@ def test_a_cache_without_the_target_layers_names_them_and_the_command(tiny_dirs,
         data.setup("fit")
 
 
+def test_a_checkpoint_leaves_the_teacher_out_and_refuses_another_teacher_on_load(tiny_dirs):
+    module = DistillModule(f"hf:{tiny_dirs['hubert']}", student_layers=1)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(key.startswith("teacher.") for key in checkpoint["state_dict"])
+    assert any(key.startswith("student.") for key in checkpoint["state_dict"])
+    same = DistillModule(f"hf:{tiny_dirs['hubert']}", student_layers=1)
+    same.on_load_checkpoint(checkpoint)
+    same.load_state_dict(checkpoint["state_dict"])  # strict: the teacher's weights were put back
+    other = DistillModule("tiny_hubert", student_layers=1)  # the same sizes, other weights
+    with pytest.raises(ValueError, match="distilled the teacher .* now loads other weights"):
+        other.on_load_checkpoint(checkpoint)
+
+
 def test_padded_teacher_targets_keep_each_utterances_frames():
     batch = pad_teacher_targets([torch.ones(3, 5, 2), torch.full((3, 2, 2), 2.0)])
     assert batch["hidden"].shape == (2, 3, 5, 2) and batch["lengths"].tolist() == [5, 2]
