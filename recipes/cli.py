@@ -480,7 +480,14 @@ LIGHTNING_COMMANDS = {
     "test": "evaluate a run's checkpoint on --data.test and write results.json",
     "pretrain": "pre-train a HuBERT-style upstream (strata pretrain --config recipes/configs/pretrain_tiny.yaml "
     "--data.train M.jsonl --trainer.default_root_dir D -> D/upstream, loadable as hf:D/upstream)",
+    "distill": "distil an upstream into a shallow student, DistilHuBERT-style (strata distill --config "
+    "recipes/configs/distill_tiny.yaml --model.teacher hf:T --data.train M.jsonl -> <run>/upstream, loadable as "
+    "hf:<run>/upstream)",
 }
+
+
+# The LightningCLI commands that only fit, each with its own module and data module: name -> runner in lightning_cli.
+FIT_COMMANDS = {"pretrain": "run_pretrain", "distill": "run_distill"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,13 +513,13 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
-    if given and given[0] == "pretrain":
-        name = "pretrain"
+    if given and given[0] in FIT_COMMANDS:
+        name = given[0]
 
         def run_command() -> None:
-            from .lightning_cli import run_pretrain
+            from . import lightning_cli
 
-            run_pretrain(given[1:])
+            getattr(lightning_cli, FIT_COMMANDS[name])(given[1:])
     elif given and given[0] in LIGHTNING_COMMANDS:
         name = given[0]
 

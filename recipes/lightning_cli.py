@@ -276,3 +276,49 @@ class PretrainCLI(RunFolderCLI):
 
 def run_pretrain(args: list[str]) -> None:
     PretrainCLI(args=args)
+
+
+class DistillCLI(RunFolderCLI):
+    """`strata distill`: LightningCLI's fit over DistillModule and DistillDataModule, with the run folder layout of
+    `strata pretrain` (default `exp/distill/<teacher>`, config, checkpoints/last.ckpt every epoch, logs) and
+    `--ckpt_path last` resuming."""
+
+    def __init__(self, args: list[str]) -> None:
+        from .pretrain.distill import DistillDataModule, DistillModule
+
+        super().__init__(
+            DistillModule,
+            DistillDataModule,
+            save_config_callback=None,
+            seed_everything_default=0,
+            trainer_defaults={"use_distributed_sampler": False},
+            parser_kwargs={"prog": "strata distill"},
+            args=["fit", *args],
+        )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        from .pretrain.distill import DistillModule
+
+        # The data module checks a teacher cache against the teacher's name, fingerprint and target layers.
+        parser.link_arguments("model", "data.teacher", compute_fn=DistillModule.teacher_spec, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config["fit"]
+        if config.trainer.default_root_dir is None:
+            teacher = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(config.model.teacher)).strip("_")
+            config.trainer.default_root_dir = str(Path("exp") / "distill" / teacher)
+        self.run_dir = Path(config.trainer.default_root_dir)
+        config.ckpt_path = self._resume_from(config.get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints", filename="last", enable_version_counter=False
+        )
+        return self._trainer_with(checkpoint, **kwargs)
+
+    def before_fit(self) -> None:
+        self._save_config("config.yaml")
+
+
+def run_distill(args: list[str]) -> None:
+    DistillCLI(args=args)

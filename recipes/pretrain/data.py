@@ -31,7 +31,34 @@ class TargetsCollate(PadCollate):
         return padded
 
 
-class PretrainDataModule(L.LightningDataModule):
+class BucketedAudioData(L.LightningDataModule):
+    """Length-bucketed loaders over `self.datasets` (train shuffled, valid when there is one), sharded by rank: what
+    the pre-training data modules share. Subclasses fill `datasets` in `setup` and say how a batch is padded."""
+
+    max_batch_seconds: float
+    num_workers: int
+    seed: int | None
+    datasets: dict[str, AudioDataset]
+
+    def collate(self) -> PadCollate:
+        raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle,
+                                     seed=run_seed(self.seed), num_replicas=trainer.world_size,
+                                     rank=trainer.global_rank)  # fmt: skip
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate(), num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False) if "valid" in self.datasets else []
+
+
+class PretrainDataModule(BucketedAudioData):
     """Manifests of unlabelled audio and the k-means targets of their frames.
 
     `features: mfcc` (iteration 1) clusters MFCCs with deltas; `features: <upstream>:<layer>` (iteration 2, e.g.
@@ -108,19 +135,8 @@ class PretrainDataModule(L.LightningDataModule):
             codebook.save(path)
         return codebook
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        trainer = self.trainer
-        sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle,
-                                     seed=run_seed(self.seed), num_replicas=trainer.world_size,
-                                     rank=trainer.global_rank)  # fmt: skip
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=TargetsCollate(), num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False) if "valid" in self.datasets else []
+    def collate(self) -> PadCollate:
+        return TargetsCollate()
 
 
 def _layer_extractor(features: str):
