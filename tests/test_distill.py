@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipes.cache import extract
+from recipes.audio import read_audio
+from recipes.cache import FeatureCache, extract
 from recipes.cli import main
 from recipes.pretrain.distill import (
     DistillDataModule,
@@ -122,6 +123,25 @@ def test_a_teacher_cache_stands_in_for_the_teacher_with_the_same_loss(tiny_dirs,
     with torch.no_grad():
         cached = module.losses(batch)
     assert float(cached.total) == pytest.approx(float(live.total), abs=1e-4)
+
+
+def test_long_clips_are_cropped_on_the_teachers_frames_with_their_cached_targets(tiny_dirs, few, tmp_path):
+    teacher = f"hf:{tiny_dirs['hubert']}"
+    manifest = few(2)
+    extract(teacher, [manifest], tmp_path / "cache", layers="1,3,4", dtype="float32", progress=False)
+    module = DistillModule(teacher, student_layers=2)
+    data = DistillDataModule(train=str(manifest), teacher_cache=str(tmp_path / "cache"), max_seconds=1.0,
+                             teacher=module.teacher_spec())  # fmt: skip
+    data.setup("fit")
+    dataset, cache = data.datasets["train"], FeatureCache(tmp_path / "cache")
+    for index, entry in enumerate(dataset.manifest.entries):
+        whole = read_audio(entry["audio"], 16000)
+        cached = cache.hidden(entry["id"])
+        item = dataset[index]
+        assert item["wav"].numel() == 16000 < whole.numel()  # the mini clips are longer than a second
+        start = next(s for s in range(whole.numel() - 16000 + 1) if torch.equal(whole[s : s + 16000], item["wav"]))
+        assert start % 320 == 0  # on the teacher's 20 ms frames
+        assert torch.equal(item["target"], cached[:, start // 320 : start // 320 + 50])  # the crop's own frames
 
 
 def test_a_cache_without_the_target_layers_names_them_and_the_command(tiny_dirs, few, tmp_path):

@@ -31,6 +31,10 @@ class TargetsCollate(PadCollate):
         return padded
 
 
+# HuBERT's pre-training crops clips longer than 250k samples (15.625 s at 16 kHz) to a random window of that length.
+HUBERT_CROP_SECONDS = 250000 / 16000
+
+
 class BucketedAudioData(L.LightningDataModule):
     """Length-bucketed loaders over `self.datasets` (train shuffled, valid when there is one), sharded by rank: what
     the pre-training data modules share. Subclasses fill `datasets` in `setup` and say how a batch is padded."""

@@ -28,8 +28,9 @@ from upstream.hf import FAMILIES, HFUpstream
 
 from ..cache import CacheError, FeatureCache, upstream_fingerprint
 from ..data import AudioDataset, Manifest, PadCollate, read_manifest
+from ..nonfinite import checked_loss
 from ..optim import with_linear_warmup
-from .data import BucketedAudioData
+from .data import HUBERT_CROP_SECONDS, BucketedAudioData
 from .module import SaveUpstream
 
 # Where a checkpoint names the teacher whose weights it leaves out: {"name": source, "fingerprint": hash}.
@@ -74,13 +75,15 @@ def build_student(teacher: HFUpstream, num_layers: int) -> HFUpstream:
 class TeacherSpec:
     """What the data module needs to know of the teacher (`strata distill` links it from the model): its source
     `name` and `fingerprint` (called only to check a teacher cache) and the hidden states the heads predict, and the
-    audio it takes (`sample_rate`, `min_samples`, its receptive field)."""
+    audio it takes (`sample_rate`, `min_samples`, its receptive field) and its `frame_rate` (crops start on its
+    frames, so that cached targets can be cut with them)."""
 
     name: str
     layers: list[int]
     fingerprint: Callable[[], str]
     sample_rate: int = 16000
     min_samples: int = 0
+    frame_rate: float = 50.0
 
 
 @dataclass
@@ -131,7 +134,8 @@ class DistillModule(L.LightningModule):
     `hubert_base` or `hf:exp/pretrain/hubert_tiny/upstream`) learns to predict the teacher's `target_layers`
     (default: `default_target_layers`, DistilHuBERT's 4, 8, 12 of 12 scaled to the teacher's depth) with one linear
     head each on its last layer's output. The teacher is frozen and left out of checkpoints (rebuilt from its name,
-    its fingerprint checked). Targets come from the batch when the data module read them from a teacher cache,
+    its fingerprint checked). A non-finite loss stops the run (`skip_nonfinite_loss`: skips the batch, see
+    `recipes.nonfinite`). Targets come from the batch when the data module read them from a teacher cache,
     else from the teacher run on the batch's audio. `train_cnn`: the student's CNN learns too (DistilHuBERT trains
     the whole student). Optimiser: Adam (AdamW with `weight_decay`), the paper's 2e-4, linear warm-up.
     `fit` ends by writing the student to `<run>/upstream/` (loadable as `hf:<run>/upstream`)."""
@@ -146,9 +150,11 @@ class DistillModule(L.LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.skip_nonfinite_loss = skip_nonfinite_loss
         self.teacher_name = teacher
         self.teacher = distillable(build_upstream(teacher), teacher)  # frozen: eval mode, no gradients
         depth = self.teacher.num_layers - 1
@@ -172,7 +178,7 @@ class DistillModule(L.LightningModule):
     def teacher_spec(self) -> TeacherSpec:
         """What the data module needs of the teacher (see TeacherSpec); `strata distill` links it."""
         return TeacherSpec(self.teacher_name, self.target_layers, lambda: self.teacher_fingerprint,
-                           self.teacher.sample_rate, self.teacher.min_samples)  # fmt: skip
+                           self.teacher.sample_rate, self.teacher.min_samples, self.teacher.frame_rate)  # fmt: skip
 
     def teacher_targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's target layers `[B, K, T, D]` and frames `[B]`: from the cache when the batch has them."""
@@ -198,8 +204,9 @@ class DistillModule(L.LightningModule):
             self.log(f"{stage}/cos_layer{layer}", cosine, on_epoch=True, batch_size=size)
         return loss.total
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
+        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
+                            "--model.skip_nonfinite_loss true")  # fmt: skip
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._step(batch, "valid")
@@ -281,7 +288,9 @@ def pad_teacher_targets(targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class DistillDataModule(BucketedAudioData):
     """Unlabelled audio for distillation (labels are ignored), batched by length (`max_batch_seconds` of padded
-    audio), whole clips: keep long recordings segmented.
+    audio). Clips longer than `max_seconds` (HuBERT's 250k samples by default; None: never) are cut to a random
+    window of it, starting on a teacher frame, anew each epoch; cached targets are cut to the same frames (they were
+    computed on the whole clip, so the teacher saw more context than the crop: a teacher run live sees the crop).
 
     `teacher_cache`: a `strata extract` folder of the teacher holding at least the target layers, for every
     utterance of `train` and `valid`; batches then carry the teacher's targets (`targets`: `hidden [B, K, T, D]`,
@@ -293,6 +302,7 @@ class DistillDataModule(BucketedAudioData):
         train: str | None = None,
         valid: str | None = None,
         teacher_cache: str | None = None,
+        max_seconds: float | None = HUBERT_CROP_SECONDS,
         max_batch_seconds: float = 60.0,
         num_workers: int = 0,
         seed: int | None = None,
@@ -301,6 +311,7 @@ class DistillDataModule(BucketedAudioData):
         super().__init__()
         self.train, self.valid, self.teacher_cache = train, valid, teacher_cache
         self.max_batch_seconds, self.num_workers, self.seed = max_batch_seconds, num_workers, seed
+        self.max_seconds = max_seconds
         self.teacher = teacher
         self.datasets: dict[str, AudioDataset] = {}
 
@@ -324,7 +335,10 @@ class DistillDataModule(BucketedAudioData):
             if cache is not None:
                 cache.check(teacher.name, teacher.fingerprint(), manifest, all_layers=False)
                 targets = CachedTargets(cache, manifest, teacher.layers)
-            self.datasets[split] = AudioDataset(manifest, teacher.sample_rate, targets, min_samples=teacher.min_samples)
+            self.datasets[split] = AudioDataset(
+                manifest, teacher.sample_rate, targets, min_samples=teacher.min_samples, frame_rate=teacher.frame_rate,
+                max_seconds=self.max_seconds, target_frame_dim=1,
+            )  # fmt: skip
 
     def _open_cache(self, teacher: TeacherSpec, manifests: list[str]) -> FeatureCache:
         cache = FeatureCache(self.teacher_cache)
