@@ -242,7 +242,8 @@ def _checked(name: str, built: object) -> Upstream:
 def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False, **options) -> Upstream:
     """Build an upstream from a preset name, `hf:<hub id or dir>`, `torchaudio:<bundle, builder or dir>`,
     `fairseq:<checkpoint.pt>`, `tera:<folder>` (a TERA that `strata pretrain` wrote), `package.module:factory` (your
-    own model: the factory returns an `Upstream`) or a local transformers directory. A source prefix in `SOURCES` wins over a module of the same name.
+    own model: the factory returns an `Upstream`) or a local transformers directory. A source prefix in `SOURCES`
+    wins over a module of the same name.
 
     `trainable`: 'frozen' (no gradients, eval mode), 'all' or 'top:K'; the CNN is trained only with
     `train_cnn=True`. `options` go to the builder (e.g. `checkpoint=` for a torchaudio builder,
@@ -264,8 +265,8 @@ def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False
     else:
         raise ValueError(
             f"unknown upstream {name!r}: use a preset ({', '.join(list_upstreams())}), hf:<hub id or directory>, "
-            "torchaudio:<bundle or builder>, fairseq:<checkpoint.pt>, tera:<folder>, package.module:factory, or a local "
-            "transformers directory"
+            "torchaudio:<bundle or builder>, fairseq:<checkpoint.pt>, tera:<folder>, package.module:factory, or a "
+            "local transformers directory"
         )
     upstream = _checked(name, builder(**options))
     # Built in eval mode, as from_pretrained does; a trainer's .train() switches the trainable part on.

@@ -64,9 +64,8 @@ class TeraModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                config.hidden_size, config.num_heads, config.intermediate_size, config.dropout,
-                activation="gelu", batch_first=True,
-            )  # fmt: skip
+                config.hidden_size, config.num_heads, config.intermediate_size, config.dropout, "gelu", batch_first=True
+            )
             for _ in range(config.num_layers)
         )
         self.head = (
