@@ -453,8 +453,9 @@ LIGHTNING_COMMANDS = {
     "fit": "train a task from a YAML config (strata fit --config recipes/configs/emotion.yaml --data.train ...)",
     "validate": "evaluate a run's checkpoint on --data.valid",
     "test": "evaluate a run's checkpoint on --data.test and write results.json",
-    "pretrain": "pre-train a HuBERT-style upstream (strata pretrain --config recipes/configs/pretrain_tiny.yaml "
-    "--data.train M.jsonl --trainer.default_root_dir D -> D/upstream, loadable as hf:D/upstream)",
+    "pretrain": "pre-train an upstream, HuBERT-style or TERA (--objective hubert|tera, or a config's objective: "
+    "strata pretrain --config recipes/configs/pretrain_tiny.yaml --data.train M.jsonl --trainer.default_root_dir D "
+    "-> D/upstream, loadable as hf:D/upstream; pretrain_tera_tiny.yaml -> tera:D/upstream)",
 }
 
 
