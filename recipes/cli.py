@@ -50,8 +50,8 @@ def list_presets(args: argparse.Namespace) -> None:
         print(markdown_table(["upstream", "layers", "hidden states", "hidden size", "frame rate", "source"], rows))
     print(
         "\nAlso: hf:<hub id or directory>, torchaudio:<bundle, builder or directory>, fairseq:<checkpoint.pt>, "
-        "package.module:factory (your own model), or a local directory. Installed packages add presets through "
-        f"the {ENTRY_POINT_GROUP!r} entry points."
+        "tera:<folder> (strata pretrain's TERA), package.module:factory (your own model), or a local directory. "
+        f"Installed packages add presets through the {ENTRY_POINT_GROUP!r} entry points."
     )
     for _, why in sorted(broken.items()):
         print(f"note: {why}", file=sys.stderr)
