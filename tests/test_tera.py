@@ -3,6 +3,7 @@ and padding-invariant frames, bad folders fail by name, and `strata pretrain` tr
 upstream to a task."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from recipes.cli import main
+from recipes.inference import load_model
 from recipes.pretrain.objectives import requested_objective
 from recipes.pretrain.tera import TeraPretrainModule
 from upstream import UpstreamLoadError, build_upstream
@@ -141,6 +143,13 @@ def test_strata_pretrain_tera_writes_a_tera_upstream_resumes_and_serves_a_task(m
     assert main(["fit", *fit]) == 0
     checkpoint = torch.load(task_run / "checkpoints" / "best.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["upstream"]["name"] == f"tera:{run / 'upstream'}"
+    # Exported, the frozen folder travels with the run and is read back as tera: (a trusted source).
+    assert main(["test", *fit, "--data.test", manifest]) == 0
+    assert main(["export", str(task_run), "--out", str(tmp_path / "export")]) == 0
+    shutil.move(run / "upstream", tmp_path / "moved")
+    model = load_model(tmp_path / "export")
+    assert isinstance(model.module.upstream, TeraUpstream)
+    assert model.module.upstream_config.name == f"tera:{tmp_path / 'export' / 'upstream'}"
 
 
 def test_mockingjay_is_tera_with_the_time_alteration_alone(capsys):
