@@ -110,11 +110,13 @@ def test_a_missing_or_corrupt_tera_folder_is_an_error_naming_it(tera_dir, tmp_pa
     assert not imports_code(f"tera:{tera_dir}")  # a strata source: trusted in checkpoints and exports
 
 
-def test_the_objective_comes_from_the_last_config_or_flag(tmp_path):
+def test_the_objective_comes_from_the_last_config_or_flag(capsys):
     assert requested_objective(["--config", str(CONFIGS / "pretrain_tiny.yaml")]) == "hubert"
     assert requested_objective(["--config", str(CONFIGS / "pretrain_tera_tiny.yaml")]) == "tera"
     assert requested_objective(["--config", str(CONFIGS / "pretrain_tera_tiny.yaml"), "--objective=hubert"]) == "hubert"
     assert requested_objective(["--objective", "tera", "--config", str(CONFIGS / "pretrain_tiny.yaml")]) == "tera"
+    assert main(["pretrain", "--objective", "bert"]) == 2
+    assert "unknown pre-training objective 'bert'; choose from ['hubert', 'tera']" in capsys.readouterr().err
 
 
 def test_strata_pretrain_tera_writes_a_tera_upstream_resumes_and_serves_a_task(mini_corpus, tmp_path, capsys):
