@@ -51,8 +51,8 @@ def list_presets(args: argparse.Namespace) -> None:
         print(markdown_table(["upstream", "layers", "hidden states", "hidden size", "frame rate", "source"], rows))
     print(
         "\nAlso: hf:<hub id or directory>, torchaudio:<bundle, builder or directory>, fairseq:<checkpoint.pt>, "
-        "package.module:factory (your own model), or a local directory. Installed packages add presets through "
-        f"the {ENTRY_POINT_GROUP!r} entry points."
+        "tera:<folder> (strata pretrain's TERA), package.module:factory (your own model), or a local directory. "
+        f"Installed packages add presets through the {ENTRY_POINT_GROUP!r} entry points."
     )
     for _, why in sorted(broken.items()):
         print(f"note: {why}", file=sys.stderr)
@@ -478,8 +478,9 @@ LIGHTNING_COMMANDS = {
     "fit": "train a task from a YAML config (strata fit --config recipes/configs/emotion.yaml --data.train ...)",
     "validate": "evaluate a run's checkpoint on --data.valid",
     "test": "evaluate a run's checkpoint on --data.test and write results.json",
-    "pretrain": "pre-train a HuBERT-style upstream (strata pretrain --config recipes/configs/pretrain_tiny.yaml "
-    "--data.train M.jsonl --trainer.default_root_dir D -> D/upstream, loadable as hf:D/upstream)",
+    "pretrain": "pre-train an upstream, HuBERT-style or TERA (--objective hubert|tera, or a config's objective: "
+    "strata pretrain --config recipes/configs/pretrain_tiny.yaml --data.train M.jsonl --trainer.default_root_dir D "
+    "-> D/upstream, loadable as hf:D/upstream; pretrain_tera_tiny.yaml -> tera:D/upstream)",
     "distill": "distil an upstream into a shallow student, DistilHuBERT-style (strata distill --config "
     "recipes/configs/distill_tiny.yaml --model.teacher hf:T --data.train M.jsonl -> <run>/upstream, loadable as "
     "hf:<run>/upstream)",

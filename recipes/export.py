@@ -71,11 +71,15 @@ def module_hparams(module: Any) -> dict[str, Any]:
 BUNDLED_UPSTREAM = "upstream"  # where an export keeps a frozen upstream that was a local folder
 
 
-def local_upstream_folder(name: str) -> Path | None:
-    """The folder of an upstream given as a local transformers directory (`hf:<dir>` or `<dir>`), else None (a
-    preset, a hub id, or another kind of source)."""
-    path = Path(name[3:] if name.startswith("hf:") else name)
-    return path if path.is_dir() and (path / "config.json").is_file() else None
+FOLDER_SOURCES = ("hf", "tera")  # source prefixes whose rest may be a folder on this machine
+
+
+def local_upstream_folder(name: str) -> tuple[str, Path] | None:
+    """(source prefix, folder) of an upstream given as a local folder (`hf:<dir>`, `<dir>`: a transformers
+    directory; `tera:<dir>`), else None (a preset, a hub id, or another kind of source)."""
+    prefix, sep, rest = name.partition(":")
+    prefix, path = (prefix, Path(rest)) if sep and prefix in FOLDER_SOURCES else ("hf", Path(name))
+    return (prefix, path) if path.is_dir() and (path / "config.json").is_file() else None
 
 
 def export_state(module: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -146,9 +150,10 @@ def write_export(
         calibration.save(folder / Calibration.FILENAME)
     local = local_upstream_folder(upstream["name"])
     if local is not None and not upstream["weights_included"]:
-        # A folder on this machine (e.g. a `strata pretrain` output) would not exist where the export goes: copied.
-        shutil.copytree(local, folder / BUNDLED_UPSTREAM)
-        upstream["bundled"] = BUNDLED_UPSTREAM
+        # A folder on this machine (e.g. a `strata pretrain` output) would not exist where the export goes: copied,
+        # with the source prefix that reads it.
+        shutil.copytree(local[1], folder / BUNDLED_UPSTREAM)
+        upstream["bundled"], upstream["bundled_source"] = BUNDLED_UPSTREAM, local[0]
     config = {
         "format": EXPORT_FORMAT,
         "strata_version": strata_version,

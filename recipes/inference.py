@@ -169,7 +169,8 @@ def load_export(folder: str | Path, trust_code: bool = False) -> RunModel:
         hparams["task"] = {**task, "init_args": init_args}
     upstream = config.get("upstream") or {}
     if upstream.get("bundled"):  # a local upstream folder the export carries
-        hparams["upstream"] = {**hparams.get("upstream", {}), "name": f"hf:{folder / upstream['bundled']}"}
+        source = f"{upstream.get('bundled_source', 'hf')}:{folder / upstream['bundled']}"
+        hparams["upstream"] = {**hparams.get("upstream", {}), "name": source}
     module = SSLTaskModule.from_config(hparams, str(folder / EXPORT_CONFIG), trust_code)
     weights = folder / "model.safetensors"
     try:

@@ -234,17 +234,18 @@ def run(args: list[str] | None) -> None:
 
 
 class PretrainCLI(RunFolderCLI):
-    """`strata pretrain`: LightningCLI's fit over HubertPretrainModule and PretrainDataModule, with the run folder
-    layout of the task commands (config, checkpoints/last.ckpt every epoch, CSV and TensorBoard logs) and
-    `--ckpt_path last` resuming."""
+    """`strata pretrain`: LightningCLI's fit over the LightningModule and DataModule of a pre-training objective
+    (`recipes.pretrain.objectives`: hubert, tera), with the run folder layout of the task commands (config,
+    checkpoints/last.ckpt every epoch, CSV and TensorBoard logs) and `--ckpt_path last` resuming."""
 
     def __init__(self, args: list[str]) -> None:
-        from .pretrain.data import PretrainDataModule
-        from .pretrain.module import HubertPretrainModule
+        from .pretrain.objectives import OBJECTIVES, requested_objective
 
+        self.objective = OBJECTIVES[requested_objective(args)]()
+        self.objectives = OBJECTIVES.names()
         super().__init__(
-            HubertPretrainModule,
-            PretrainDataModule,
+            self.objective.module,
+            self.objective.data,
             save_config_callback=None,
             seed_everything_default=0,
             trainer_defaults={"use_distributed_sampler": False},
@@ -253,14 +254,23 @@ class PretrainCLI(RunFolderCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        # One number of clusters for the codebook and the prediction layer; targets as long as the model's frames.
-        parser.link_arguments("model.num_clusters", "data.num_clusters")
-        parser.link_arguments("model.frame_lengths", "data.frame_lengths", apply_on="instantiate")
+        # Read before the parser is built (it decides the model's and data's options); declared so that configs
+        # may carry it and the resolved config records it.
+        parser.add_argument(
+            "--objective",
+            choices=self.objectives,
+            default=self.objective.name,
+            help="the pre-training objective; decides which --model and --data options exist (see --help with it)",
+        )
+        for link in self.objective.links:
+            parser.link_arguments(
+                link.source, link.target, **({"apply_on": "instantiate"} if link.on_instantiate else {})
+            )
 
     def before_instantiate_classes(self) -> None:
         config = self.config["fit"]
         if config.trainer.default_root_dir is None:
-            config.trainer.default_root_dir = "exp/pretrain/hubert_" + str(config.model.size)
+            config.trainer.default_root_dir = f"exp/pretrain/{self.objective.name}_{config.model.size}"
         self.run_dir = Path(config.trainer.default_root_dir)
         config.ckpt_path = self._resume_from(config.get("ckpt_path"))
 

@@ -17,6 +17,7 @@ from torch import nn
 from .base import Upstream, UpstreamLoadError
 from .hf import build_hf_upstream, build_tiny_upstream
 from .surface import Fbank, LogMel, Mfcc
+from .tera import build_tera_upstream
 from .torchaudio_backend import build_fairseq_upstream, build_torchaudio_upstream
 from .w2v_bert import build_tiny_w2v_bert
 from .whisper import build_tiny_whisper
@@ -42,6 +43,7 @@ SOURCES: dict[str, Callable[..., Upstream]] = {
     "hf": build_hf_upstream,
     "torchaudio": build_torchaudio_upstream,
     "fairseq": build_fairseq_upstream,
+    "tera": build_tera_upstream,
 }
 
 
@@ -239,8 +241,9 @@ def _checked(name: str, built: object) -> Upstream:
 
 def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False, **options) -> Upstream:
     """Build an upstream from a preset name, `hf:<hub id or dir>`, `torchaudio:<bundle, builder or dir>`,
-    `fairseq:<checkpoint.pt>`, `package.module:factory` (your own model: the factory returns an `Upstream`) or a
-    local transformers directory. A source prefix in `SOURCES` wins over a module of the same name.
+    `fairseq:<checkpoint.pt>`, `tera:<folder>` (a TERA that `strata pretrain` wrote), `package.module:factory` (your
+    own model: the factory returns an `Upstream`) or a local transformers directory. A source prefix in `SOURCES`
+    wins over a module of the same name.
 
     `trainable`: 'frozen' (no gradients, eval mode), 'all' or 'top:K'; the CNN is trained only with
     `train_cnn=True`. `options` go to the builder (e.g. `checkpoint=` for a torchaudio builder,
@@ -262,8 +265,8 @@ def build_upstream(name: str, trainable: str = "frozen", train_cnn: bool = False
     else:
         raise ValueError(
             f"unknown upstream {name!r}: use a preset ({', '.join(list_upstreams())}), hf:<hub id or directory>, "
-            "torchaudio:<bundle or builder>, fairseq:<checkpoint.pt>, package.module:factory, or a local transformers "
-            "directory"
+            "torchaudio:<bundle or builder>, fairseq:<checkpoint.pt>, tera:<folder>, package.module:factory, or a "
+            "local transformers directory"
         )
     upstream = _checked(name, builder(**options))
     # Built in eval mode, as from_pretrained does; a trainer's .train() switches the trainable part on.

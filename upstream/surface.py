@@ -105,15 +105,20 @@ class LogMel(SurfaceUpstream):
     def __init__(self, n_mels: int = 80, sample_rate: int = 16000, cmvn: bool = False) -> None:
         super().__init__(sample_rate, cmvn)
         self.hidden_size = n_mels
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=WINDOW,
-            win_length=WINDOW,
-            hop_length=HOP,
-            n_mels=n_mels,
-            center=False,
-        )
+        self.mel = mel_spectrogram(n_mels, sample_rate)
 
     def batch_features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        # Frames never straddle utterances (no centring), so the batch goes through in one call.
-        return torch.log(self.mel(wavs).transpose(1, 2) + 1e-6)
+        return log_mel(self.mel, wavs)
+
+
+def mel_spectrogram(n_mels: int = 80, sample_rate: int = 16000) -> torchaudio.transforms.MelSpectrogram:
+    """Mel power spectra of 25 ms Hann windows every 10 ms, uncentred (snip-edges framing, as `SurfaceUpstream`)."""
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=WINDOW, win_length=WINDOW, hop_length=HOP, n_mels=n_mels, center=False
+    )
+
+
+def log_mel(mel: torchaudio.transforms.MelSpectrogram, wavs: torch.Tensor) -> torch.Tensor:
+    """`wavs [B, S]` -> `[B, T, n_mels]`. Frames never straddle utterances (no centring), so a padded batch goes
+    through in one call and padding changes no valid frame."""
+    return torch.log(mel(wavs).transpose(1, 2) + 1e-6)

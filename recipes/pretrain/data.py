@@ -1,4 +1,5 @@
-"""PretrainDataModule: the audio of unlabelled manifests and each utterance's cluster ids (labels are ignored)."""
+"""Data of `strata pretrain`: `AudioPretrainDataModule`, the audio of unlabelled manifests (TERA's), and
+`PretrainDataModule`, that audio with each utterance's k-means cluster ids (HuBERT's). Labels are ignored."""
 
 from __future__ import annotations
 
@@ -62,7 +63,45 @@ class BucketedAudioData(L.LightningDataModule):
         return self._loader("valid", shuffle=False) if "valid" in self.datasets else []
 
 
-class PretrainDataModule(BucketedAudioData):
+class AudioPretrainDataModule(BucketedAudioData):
+    """Manifests of unlabelled audio, whole clips batched by length (`max_batch_seconds` of padded audio), for an
+    objective whose targets come from the audio itself (TERA). Clips shorter than `min_samples` (the model's
+    shortest input, linked by `strata pretrain`) are zero-padded to it. `seed` (the batch order) defaults to the
+    run's `seed_everything` seed."""
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        max_batch_seconds: float = 60.0,
+        num_workers: int = 0,
+        seed: int | None = None,
+        min_samples: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train, self.valid = train, valid
+        self.max_batch_seconds, self.num_workers, self.seed = max_batch_seconds, num_workers, seed
+        self.min_samples = min_samples
+        self.datasets: dict[str, AudioDataset] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"features": "the model's own", "train": self.train}
+
+    def _manifests(self) -> dict[str, Manifest]:
+        if self.train is None:
+            raise ValueError("`strata pretrain` needs unlabelled audio: pass --data.train MANIFEST")
+        splits = {"train": self.train, **({"valid": self.valid} if self.valid else {})}
+        return {split: read_manifest(path) for split, path in splits.items()}
+
+    def setup(self, stage: str) -> None:
+        for split, manifest in self._manifests().items():
+            self.datasets[split] = AudioDataset(manifest, 16000, min_samples=self.min_samples)
+
+    def collate(self) -> PadCollate:
+        return PadCollate()
+
+
+class PretrainDataModule(AudioPretrainDataModule):
     """Manifests of unlabelled audio and the k-means targets of their frames.
 
     `features: mfcc` (iteration 1) clusters MFCCs with deltas; `features: <upstream>:<layer>` (iteration 2, e.g.
@@ -87,28 +126,22 @@ class PretrainDataModule(BucketedAudioData):
         seed: int | None = None,
         frame_lengths: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(train, valid, max_batch_seconds, num_workers, seed)
         self.frame_lengths = frame_lengths
-        self.train, self.valid, self.features = train, valid, features
+        self.features = features
         self.num_clusters, self.sample_frames = num_clusters, sample_frames
-        self.max_batch_seconds = max_batch_seconds
-        self.num_workers, self.seed = num_workers, seed
-        self.datasets: dict[str, AudioDataset] = {}
         self.codebook: Codebook | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"features": self.features, "num_clusters": self.num_clusters, "train": self.train}
 
     def setup(self, stage: str) -> None:
-        if self.train is None:
-            raise ValueError("`strata pretrain` needs unlabelled audio: pass --data.train MANIFEST")
         if self.frame_lengths is None:
             raise ValueError(
                 "PretrainDataModule needs the model's frame_lengths (`strata pretrain` links it): "
                 "PretrainDataModule(..., frame_lengths=module.frame_lengths)"
             )
-        splits = {"train": self.train, **({"valid": self.valid} if self.valid else {})}
-        manifests = {split: read_manifest(path) for split, path in splits.items()}
+        manifests = self._manifests()
         frames = {split: self._frame_features(m) for split, m in manifests.items()}
         self.codebook = self._codebook(frames["train"], Path(self.trainer.default_root_dir) / "codebook.npz")
         for split, manifest in manifests.items():

@@ -54,6 +54,8 @@ class HubertPretrainModule(L.LightningModule):
     Logs `train/loss` and the masked-prediction accuracy `train/accuracy_masked`; `fit` ends by writing the
     encoder to `<run>/upstream/` (transformers format, loadable as `hf:<run>/upstream`)."""
 
+    source_prefix = "hf"  # the upstream source that loads what `save_upstream` writes
+
     def __init__(
         self,
         size: str = "tiny",
@@ -138,21 +140,28 @@ class HubertPretrainModule(L.LightningModule):
             feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=self.normalize,
             return_attention_mask=self.normalize,
         ).save_pretrained(folder)  # fmt: skip
-        record = {"hyper_parameters": dict(self.hparams), "global_step": self.global_step, **(extra or {})}
-        (folder / "pretrain.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        return folder
+        return write_pretrain_record(folder, self, extra)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [SaveUpstream()]
 
 
+def write_pretrain_record(folder: Path, module: L.LightningModule, extra: dict[str, Any] | None) -> Path:
+    """`<folder>/pretrain.json`: the module's hyper-parameters, its global step and `extra` (the data's description),
+    so a pre-trained upstream says how it was made."""
+    record = {"hyper_parameters": dict(module.hparams), "global_step": module.global_step, **(extra or {})}
+    (folder / "pretrain.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return folder
+
+
 class SaveUpstream(L.Callback):
     """At the end of `fit`, the encoder into `<run>/upstream/` with the data module's description of its targets
-    (`describe()`) in `pretrain.json`: the one place that joins the module and the data module."""
+    (`describe()`) in `pretrain.json`: the one place that joins the module and the data module. Any pre-training
+    module serves that has `save_upstream(folder, extra)` and the `source_prefix` that loads the folder."""
 
-    def on_fit_end(self, trainer: L.Trainer, module: HubertPretrainModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             datamodule = getattr(trainer, "datamodule", None)
             extra = {"targets": getattr(datamodule, "describe", lambda: {})()}
             folder = module.save_upstream(Path(trainer.default_root_dir) / "upstream", extra)
-            print(f"wrote the pre-trained upstream to {folder}: use it as --upstream hf:{folder}")
+            print(f"wrote the pre-trained upstream to {folder}: use it as --upstream {module.source_prefix}:{folder}")
