@@ -35,22 +35,13 @@ def test_each_pretraining_config_parses_as_its_command_reads_it(config, capsys):
     assert done.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     written = yaml.safe_load(config.read_text())
-    assert {key: printed["model"][key] for key in written["model"]} == written["model"]
+    if command_of(config) == "pretrain":
+        assert printed["objective"] == written.get("objective", "hubert")
+    for name, value in written["model"].items():  # every written option kept as written (typed groups: their fields)
+        assert printed["model"][name] == (value if not isinstance(value, dict) else {**printed["model"][name], **value})
 
 
 def test_the_morais_recipe_fine_tunes_with_ecapa_and_averages_the_five_best():
     config = yaml.safe_load((CONFIGS[0].parent / "emotion_morais.yaml").read_text())
     assert config["average_best"] == 5 and config["model"]["task"]["init_args"]["pooling"] == "ecapa"
     assert config["model"]["upstream"]["trainable"] == "all" and config["model"]["upstream_lr"] < config["model"]["lr"]
-
-
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name.startswith("pretrain")], ids=lambda c: c.stem)
-def test_each_pretrain_config_parses_as_strata_pretrain_reads_it(config, capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["pretrain", "--config", str(config), "--print_config"])
-    assert done.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    written = yaml.safe_load(config.read_text())
-    assert printed["objective"] == written.get("objective", "hubert")
-    for name, value in written["model"].items():  # every written option kept as written
-        assert printed["model"][name] == (value if not isinstance(value, dict) else {**printed["model"][name], **value})

@@ -140,6 +140,8 @@ class DistillModule(L.LightningModule):
     the whole student). Optimiser: Adam (AdamW with `weight_decay`), the paper's 2e-4, linear warm-up.
     `fit` ends by writing the student to `<run>/upstream/` (loadable as `hf:<run>/upstream`)."""
 
+    source_prefix = "hf"  # the student loads as hf:<run>/upstream
+
     def __init__(
         self,
         teacher: str,
