@@ -118,3 +118,32 @@ def test_pretrain_help_lists_the_encoder_sizes(capsys):
     out = capsys.readouterr().out
     for size in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         assert f"--model.encoder.{size}" in out
+
+
+def test_long_clips_are_cropped_as_hubert_does_with_their_targets(mini_corpus, tmp_path):
+    from types import SimpleNamespace
+
+    from recipes.audio import read_audio
+    from recipes.data import read_manifest, write_jsonl
+    from recipes.pretrain.data import HUBERT_CROP_SECONDS, PretrainDataModule
+
+    test = read_manifest(mini_corpus / "emotion" / "test.jsonl")
+    manifest = write_jsonl(tmp_path / "few.jsonl", [
+        {**entry, "audio": str((mini_corpus / "emotion" / entry["audio"]).resolve())} for entry in test.entries[:3]
+    ])  # fmt: skip
+    module = HubertPretrainModule(size="tiny", num_clusters=4)
+    assert module.frame_rate == 50 and HUBERT_CROP_SECONDS * 16000 == 250000
+    data = PretrainDataModule(train=str(manifest), num_clusters=4, frame_lengths=module.frame_lengths,
+                              frame_rate=module.frame_rate, max_seconds=1.0)  # fmt: skip
+    data.trainer = SimpleNamespace(default_root_dir=str(tmp_path), is_global_zero=True)
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    assert dataset.durations == [1.0] * 3  # every mini clip is longer than a second
+    torch.manual_seed(0)
+    for index, entry in enumerate(dataset.manifest.entries):
+        whole, targets = read_audio(entry["audio"], 16000), dataset.targets[index]
+        item = dataset[index]
+        start = next(s for s in range(whole.numel() - 16000 + 1) if torch.equal(whole[s : s + 16000], item["wav"]))
+        assert start % 320 == 0
+        assert torch.equal(item["target"], targets[start // 320 : start // 320 + 50])
+        assert int(module.frame_lengths(torch.tensor([16000]))[0]) <= len(item["target"])  # a target per frame

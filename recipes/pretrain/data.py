@@ -13,8 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..audio import read_audio
-from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_manifest, run_seed
+from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_entry, read_manifest, run_seed
 from .targets import Codebook, mfcc_frames
 
 
@@ -64,10 +63,11 @@ class BucketedAudioData(L.LightningDataModule):
 
 
 class AudioPretrainDataModule(BucketedAudioData):
-    """Manifests of unlabelled audio, whole clips batched by length (`max_batch_seconds` of padded audio), for an
-    objective whose targets come from the audio itself (TERA). Clips shorter than `min_samples` (the model's
-    shortest input, linked by `strata pretrain`) are zero-padded to it. `seed` (the batch order) defaults to the
-    run's `seed_everything` seed."""
+    """Manifests of unlabelled audio batched by length (`max_batch_seconds` of padded audio), for an objective whose
+    targets come from the audio itself (TERA). Clips longer than `max_seconds` (HuBERT's 250k samples by default;
+    None: never) are cut to a random window of it, anew each epoch, starting on one of the model's frames
+    (`frame_rate`, linked by `strata pretrain`). Clips shorter than `min_samples` (the model's shortest input, linked
+    too) are zero-padded to it. `seed` (the batch order) defaults to the run's `seed_everything` seed."""
 
     def __init__(
         self,
@@ -77,11 +77,13 @@ class AudioPretrainDataModule(BucketedAudioData):
         num_workers: int = 0,
         seed: int | None = None,
         min_samples: int = 0,
+        max_seconds: float | None = HUBERT_CROP_SECONDS,
+        frame_rate: float | None = None,
     ) -> None:
         super().__init__()
         self.train, self.valid = train, valid
         self.max_batch_seconds, self.num_workers, self.seed = max_batch_seconds, num_workers, seed
-        self.min_samples = min_samples
+        self.min_samples, self.max_seconds, self.frame_rate = min_samples, max_seconds, frame_rate
         self.datasets: dict[str, AudioDataset] = {}
 
     def describe(self) -> dict[str, Any]:
@@ -95,7 +97,8 @@ class AudioPretrainDataModule(BucketedAudioData):
 
     def setup(self, stage: str) -> None:
         for split, manifest in self._manifests().items():
-            self.datasets[split] = AudioDataset(manifest, 16000, min_samples=self.min_samples)
+            self.datasets[split] = AudioDataset(manifest, 16000, min_samples=self.min_samples,
+                                                frame_rate=self.frame_rate, max_seconds=self.max_seconds)  # fmt: skip
 
     def collate(self) -> PadCollate:
         return PadCollate()
@@ -107,11 +110,11 @@ class PretrainDataModule(AudioPretrainDataModule):
     `features: mfcc` (iteration 1) clusters MFCCs with deltas; `features: <upstream>:<layer>` (iteration 2, e.g.
     `hf:exp/pretrain/it1/upstream:3`) clusters that upstream's hidden layer. `num_clusters` centres are fitted on up
     to `sample_frames` frames of the training set and saved as `<run>/codebook.npz`; a resumed run reloads it, so
-    the targets stay the same. Whole clips are batched by length (`max_batch_seconds` of padded audio); HuBERT's
-    random crop to 15.6 s is not done, so keep long recordings segmented. `seed` (the frames sampled, the k-means
-    initialisation, the batch order) defaults to the run's `seed_everything` seed. `num_clusters` and
-    `frame_lengths` (the model's frames per clip, one target each) come from the model: `strata pretrain` links
-    them.
+    the targets stay the same. Clips are batched by length (`max_batch_seconds` of padded audio); those longer than
+    `max_seconds` are cropped as HuBERT does (see the base class), their targets with them. `seed` (the frames
+    sampled, the k-means initialisation, the batch order) defaults to the run's `seed_everything` seed.
+    `num_clusters`, `frame_lengths` (the model's frames per clip, one target each) and `frame_rate` come from the
+    model: `strata pretrain` links them.
     """
 
     def __init__(
@@ -125,8 +128,11 @@ class PretrainDataModule(AudioPretrainDataModule):
         num_workers: int = 0,
         seed: int | None = None,
         frame_lengths: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        max_seconds: float | None = HUBERT_CROP_SECONDS,
+        frame_rate: float | None = None,
     ) -> None:
-        super().__init__(train, valid, max_batch_seconds, num_workers, seed)
+        super().__init__(train, valid, max_batch_seconds, num_workers, seed, max_seconds=max_seconds,
+                         frame_rate=frame_rate)  # fmt: skip
         self.frame_lengths = frame_lengths
         self.features = features
         self.num_clusters, self.sample_frames = num_clusters, sample_frames
@@ -146,14 +152,15 @@ class PretrainDataModule(AudioPretrainDataModule):
         self.codebook = self._codebook(frames["train"], Path(self.trainer.default_root_dir) / "codebook.npz")
         for split, manifest in manifests.items():
             targets = [torch.from_numpy(self.codebook.assign(x)).long() for x in frames[split]]
-            self.datasets[split] = AudioDataset(manifest, 16000, targets)
+            self.datasets[split] = AudioDataset(manifest, 16000, targets, frame_rate=self.frame_rate,
+                                                max_seconds=self.max_seconds, target_frame_dim=0)  # fmt: skip
 
     def _frame_features(self, manifest: Manifest) -> list[np.ndarray]:
         """Each utterance's frame features, as many frames as the model makes of it."""
         extractor = _layer_extractor(self.features) if self.features != "mfcc" else None
         features = []
         for entry in tqdm(manifest.entries, desc=f"{self.features} features of {manifest.path.name}", unit="utt"):
-            wav = read_audio(entry["audio"], 16000, entry.get("start"), entry.get("end"))
+            wav = read_entry(entry, 16000)
             frames = int(self.frame_lengths(torch.tensor([wav.numel()]))[0])
             features.append(mfcc_frames(wav, 16000, frames) if extractor is None else extractor(wav, frames))
         return features

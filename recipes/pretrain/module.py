@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from upstream.base import lengths_to_mask, prepare_waveforms
 from upstream.hf import TINY_CONFIG
 from upstream.names import as_config
 
+from ..nonfinite import checked_loss
 from ..optim import with_linear_warmup
 from .masking import span_mask
 
@@ -69,6 +71,7 @@ class HubertPretrainModule(L.LightningModule):
         lr: float = 5e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
+        skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -87,6 +90,12 @@ class HubertPretrainModule(L.LightningModule):
         self.num_clusters, self.mask_prob, self.mask_length = num_clusters, mask_prob, mask_length
         self.unmasked_weight, self.logit_temperature = unmasked_weight, logit_temperature
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.skip_nonfinite_loss = skip_nonfinite_loss
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second: the sample rate over the CNN's total stride (50 for HuBERT's 320)."""
+        return 16000 / math.prod(self.hubert.config.conv_stride)
 
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
         return compat.feat_extract_output_lengths(self.hubert, wav_lengths)
@@ -121,8 +130,9 @@ class HubertPretrainModule(L.LightningModule):
         self.log(f"{stage}/accuracy_masked", accuracy, prog_bar=True, on_epoch=True, batch_size=size, sync_dist=True)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
+        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
+                            "--model.skip_nonfinite_loss true")  # fmt: skip
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._step(batch, "valid")

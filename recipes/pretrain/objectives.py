@@ -42,7 +42,9 @@ def hubert() -> Objective:
     from .module import HubertPretrainModule
 
     # One number of clusters for the codebook and the prediction layer; targets as long as the model's frames.
-    links = (Link("model.num_clusters", "data.num_clusters"), Link("model.frame_lengths", "data.frame_lengths", True))
+    # Long clips are cropped on the model's frames.
+    links = (Link("model.num_clusters", "data.num_clusters"), Link("model.frame_lengths", "data.frame_lengths", True),
+             Link("model.frame_rate", "data.frame_rate", True))  # fmt: skip
     return Objective("hubert", HubertPretrainModule, PretrainDataModule, links)
 
 
@@ -52,7 +54,10 @@ def tera() -> Objective:
     from .tera import TeraPretrainModule
 
     return Objective(
-        "tera", TeraPretrainModule, AudioPretrainDataModule, (Link("model.min_samples", "data.min_samples", True),)
+        "tera",
+        TeraPretrainModule,
+        AudioPretrainDataModule,
+        (Link("model.min_samples", "data.min_samples", True), Link("model.frame_rate", "data.frame_rate", True)),
     )
 
 

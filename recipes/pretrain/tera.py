@@ -11,9 +11,10 @@ import lightning as L
 import torch
 
 from upstream.names import as_config
-from upstream.surface import WINDOW
+from upstream.surface import HOP, WINDOW
 from upstream.tera import TeraConfig, TeraModel
 
+from ..nonfinite import checked_loss
 from ..optim import with_linear_warmup
 from .alteration import AlterationConfig, alter, reconstruction_loss
 from .module import EncoderSize, SaveUpstream, write_pretrain_record
@@ -41,6 +42,7 @@ class TeraPretrainModule(L.LightningModule):
 
     source_prefix = "tera"  # the upstream source that loads what `save_upstream` writes
     min_samples = WINDOW  # the shortest clip that makes one frame (linked to the data module)
+    frame_rate = 16000 / HOP  # frames per second (linked: long clips are cropped on this grid)
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class TeraPretrainModule(L.LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
+        skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -63,6 +66,7 @@ class TeraPretrainModule(L.LightningModule):
         sizes = {ENCODER_FIELDS[name]: value for name, value in encoder.overrides().items()}
         self.model = TeraModel(replace(SIZES[size], dropout=dropout, **sizes))
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.skip_nonfinite_loss = skip_nonfinite_loss
 
     def _step(self, batch: dict[str, Any], stage: str, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -75,8 +79,9 @@ class TeraPretrainModule(L.LightningModule):
                  sync_dist=stage != "train")  # fmt: skip
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
+        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
+                            "--model.skip_nonfinite_loss true")  # fmt: skip
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._step(batch, "valid", torch.Generator().manual_seed(batch_index))
