@@ -410,9 +410,17 @@ class BucketBatchSampler:
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None  # (epoch, batches) already trained on, from `resume`
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, processed: int) -> None:
+        """Go on from a checkpoint written after `processed` batches of `epoch`: that epoch's next iteration skips
+        them (an epoch that was finished means the next one, from its start)."""
+        if processed >= len(self):
+            epoch, processed = epoch + 1, 0
+        self.epoch, self.skip = epoch, (epoch, processed)
 
     @property
     def sampler(self) -> BucketBatchSampler:
@@ -425,7 +433,12 @@ class BucketBatchSampler:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(self.batches), generator=generator).tolist()
-        return [self.batches[i] for i in order[self.rank :: self.num_replicas]]
+        batches = [self.batches[i] for i in order[self.rank :: self.num_replicas]]
+        if self.skip is not None:
+            (epoch, processed), self.skip = self.skip, None
+            if epoch == self.epoch:
+                batches = batches[processed:]
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.epoch_batches()

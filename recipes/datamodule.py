@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,7 @@ from upstream import compat
 from . import atomic
 from .cache import CachedFeatureDataset, FeatureCache, FeatureCollate
 from .data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, crop_samples, read_manifest, run_seed
+from .resume import training_loader
 from .spec import InputSpec
 from .tasks import SplitData, Task
 from .trials import Trials, make_trials, read_trials
@@ -195,7 +197,8 @@ class ManifestDataModule(L.LightningDataModule):
             rank=rank,
         )
         collate = FeatureCollate if self.cache is not None else PadCollate
-        return DataLoader(
+        make_loader = partial(training_loader, self) if shuffle else DataLoader  # training: resumable mid-epoch
+        return make_loader(
             dataset,
             batch_sampler=sampler,
             collate_fn=collate(self.task.collate_targets),

@@ -3,7 +3,9 @@
 On top of LightningCLI: a default run directory `exp/<task>/<run name>` (`recipes.runs.run_dir`), best and last
 checkpoints under `<run>/checkpoints/`, CSV and TensorBoard logs, the resolved config in the run directory,
 and `--ckpt_path best|last` meaning that run's checkpoints; with `--average_best K`, the K best in
-`<run>/checkpoints/top/` and `--ckpt_path averaged` their parameter average (recipes.averaging).
+`<run>/checkpoints/top/` and `--ckpt_path averaged` their parameter average (recipes.averaging). Every fit (tasks,
+`strata pretrain`, `strata distill`) also writes `last.ckpt` every `--checkpoint_every_n_steps` and resumes
+mid-epoch (recipes.resume).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import atomic
 from .averaging import TOP_DIR, averaged_checkpoint
 from .datamodule import ManifestDataModule
 from .module import SSLTaskModule
+from .resume import DEFAULT_EVERY_N_STEPS, RandomState, step_checkpoint
 from .runs import run_dir as default_run_dir
 from .tasks import task_class
 
@@ -52,8 +55,23 @@ class RunFolderCLI(LightningCLI):
 
     run_dir: Path
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=DEFAULT_EVERY_N_STEPS,
+            help="fit: also write <run>/checkpoints/last.ckpt every N training steps, so a run killed inside a long "
+            "epoch resumes there with --ckpt_path last; 0: only at each epoch's end",
+        )
+
     def _trainer_with(self, *checkpoints: ModelCheckpoint, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        every = self.config[self.subcommand].get("checkpoint_every_n_steps") or 0
+        if every < 0:
+            raise ValueError(f"--checkpoint_every_n_steps must be 0 (off) or a number of steps, not {every}")
+        if self.subcommand == "fit":  # resumable mid-epoch (recipes.resume)
+            steps = [step_checkpoint(self.run_dir / "checkpoints", every)] if every else []
+            checkpoints = (*checkpoints, *steps, RandomState())
         kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *checkpoints]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = [
@@ -116,6 +134,7 @@ class StrataCLI(RunFolderCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
         # The data module learns the task and the upstream's input contract from the built model, once.
         parser.link_arguments("model", "data.spec", compute_fn=SSLTaskModule.input_spec, apply_on="instantiate")
         # Top level (like seed_everything), so a config's `average_best: 5` serves fit and test alike.
@@ -254,6 +273,7 @@ class PretrainCLI(RunFolderCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
         # Read before the parser is built (it decides the model's and data's options); declared so that configs
         # may carry it and the resolved config records it.
         parser.add_argument(
@@ -307,6 +327,7 @@ class DistillCLI(RunFolderCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
         from .pretrain.distill import DistillModule
 
         # The data module checks a teacher cache against the teacher's name, fingerprint and target layers.

@@ -118,6 +118,28 @@ def test_torchaudio_bundles_name_their_weights_file_and_normalisation():
     assert compat.bundle_normalizes_waveform(torchaudio.pipelines.HUBERT_LARGE)
 
 
+def test_lightning_counts_the_batches_processed_in_the_current_epoch(tmp_path):
+    class Counting(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer, self.seen = torch.nn.Linear(2, 1), []
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+            self.seen.append((self.current_epoch, compat.batches_processed_in_epoch(self.trainer)))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Counting()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(torch.randn(3, 2), batch_size=1))
+    assert module.seen == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]  # a batch counts once its step is done
+
+
 @pytest.mark.parametrize("flag", [True, False])
 def test_lightning_trainer_keeps_use_distributed_sampler(flag, tmp_path):
     trainer = L.Trainer(

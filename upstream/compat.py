@@ -132,6 +132,12 @@ def bundle_normalizes_waveform(bundle: Any) -> bool:
 
 
 # Lightning ---------------------------------------------------------------------------------------------------------
+def batches_processed_in_epoch(trainer: Any) -> int:
+    """Training batches of the current epoch the trainer has run (their step done), from the fit loop's progress
+    counters, which Lightning keeps on its private loop objects."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
 def trainer_uses_distributed_sampler(trainer: Any) -> bool:
     """`Trainer(use_distributed_sampler=...)`, which the trainer keeps only on its private accelerator connector."""
     return bool(trainer._accelerator_connector.use_distributed_sampler)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import AudioDataset, BucketBatchSampler, Manifest, PadCollate, read_entry, read_manifest, run_seed
+from ..resume import training_loader
 from .targets import Codebook, mfcc_frames
 
 
@@ -53,7 +55,8 @@ class BucketedAudioData(L.LightningDataModule):
         sampler = BucketBatchSampler(dataset.durations, self.max_batch_seconds, shuffle=shuffle,
                                      seed=run_seed(self.seed), num_replicas=trainer.world_size,
                                      rank=trainer.global_rank)  # fmt: skip
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate(), num_workers=self.num_workers)
+        make_loader = partial(training_loader, self) if shuffle else DataLoader  # training: resumable mid-epoch
+        return make_loader(dataset, batch_sampler=sampler, collate_fn=self.collate(), num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
