@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from . import atomic
 from .audio import AudioError, read_audio
+from .textfiles import numbered_lines
 
 # Every manifest line has these; tasks add their own fields.
 BASE_FIELDS: dict[str, type | tuple[type, ...]] = {"id": str, "audio": str, "duration": (int, float)}
@@ -75,36 +76,35 @@ def read_manifest(
         raise ManifestError(f"manifest {path} does not exist")
     required = {**BASE_FIELDS, **(fields or {})}
     entries, lines, first_line = [], [], {}
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                entry = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ManifestError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(entry, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-            for name, kind in required.items():
-                if name not in entry:
-                    raise ManifestError(f"{where}: missing field {name!r}")
-                if not _check_type(entry[name], kind):
-                    raise ManifestError(
-                        f"{where}: field {name!r} must be {_type_name(kind)}, got {json.dumps(entry[name])}"
-                    )
-            for name, kind in OPTIONAL_FIELDS.items():
-                if name in entry and not _check_type(entry[name], kind):
-                    raise ManifestError(
-                        f"{where}: field {name!r} must be {_type_name(kind)}, got {json.dumps(entry[name])}"
-                    )
-            _check_values(entry, where)
-            if entry["id"] in first_line:
-                raise ManifestError(f"{where}: id {entry['id']!r} already used on line {first_line[entry['id']]}")
-            first_line[entry["id"]] = number
-            entry["audio"] = str(path.parent / entry["audio"])  # relative paths are relative to the manifest
-            entries.append(entry)
-            lines.append(number)
+    for number, text in numbered_lines(path, ManifestError):
+        if not text.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+        for name, kind in required.items():
+            if name not in entry:
+                raise ManifestError(f"{where}: missing field {name!r}")
+            if not _check_type(entry[name], kind):
+                raise ManifestError(
+                    f"{where}: field {name!r} must be {_type_name(kind)}, got {json.dumps(entry[name])}"
+                )
+        for name, kind in OPTIONAL_FIELDS.items():
+            if name in entry and not _check_type(entry[name], kind):
+                raise ManifestError(
+                    f"{where}: field {name!r} must be {_type_name(kind)}, got {json.dumps(entry[name])}"
+                )
+        _check_values(entry, where)
+        if entry["id"] in first_line:
+            raise ManifestError(f"{where}: id {entry['id']!r} already used on line {first_line[entry['id']]}")
+        first_line[entry["id"]] = number
+        entry["audio"] = str(path.parent / entry["audio"])  # relative paths are relative to the manifest
+        entries.append(entry)
+        lines.append(number)
     if not entries:
         raise ManifestError(f"manifest {path} has no utterances")
     manifest = Manifest(path, entries, lines)

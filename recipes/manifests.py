@@ -8,6 +8,7 @@ name the file, the line and what to do.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
@@ -21,6 +22,8 @@ from tqdm import tqdm
 
 from . import atomic
 from .audio import audio_duration
+from .data import ManifestError
+from .textfiles import decode, numbered_lines
 
 RESERVED = ("audio", "duration", "start", "end")  # set by the source itself, never by a regex group
 MAX_LABELS = 12  # a string field with at most this many values is a label, and the summary counts them
@@ -43,14 +46,14 @@ def _first(items: Sequence[str], count: int = 3) -> str:
 def _check_exist(paths: Sequence[str], where: Sequence[str], source: str) -> None:
     missing = [f"{w} ({p})" for p, w in zip(paths, where, strict=True) if not os.path.isfile(p)]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(paths)} audio files in {source} do not exist: {_first(missing)}")
+        raise ManifestError(f"{len(missing)} of {len(paths)} audio files in {source} do not exist: {_first(missing)}")
 
 
 def _check_unique(entries: Sequence[dict[str, Any]], where: Sequence[str]) -> None:
     seen: dict[str, str] = {}
     for entry, place in zip(entries, where, strict=True):
         if entry["id"] in seen:
-            raise ValueError(f"id {entry['id']!r} is used twice: {seen[entry['id']]} and {place}")
+            raise ManifestError(f"id {entry['id']!r} is used twice: {seen[entry['id']]} and {place}")
         seen[entry["id"]] = place
 
 
@@ -64,7 +67,7 @@ def from_folder(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"folder {root} does not exist")
+        raise ManifestError(f"folder {root} does not exist")
     suffixes = {"." + e.strip().lstrip(".").lower() for e in extensions if e.strip()}
     relative = sorted(
         Path(dirpath, name).relative_to(root).as_posix()
@@ -73,14 +76,14 @@ def from_folder(
         if Path(name).suffix.lower() in suffixes
     )
     if not relative:
-        raise ValueError(f"no {'/'.join(sorted(suffixes))} files below {root} (set --ext to the files' extensions)")
+        raise ManifestError(f"no {'/'.join(sorted(suffixes))} files below {root} (set --ext to the files' extensions)")
     try:
         regex = re.compile(pattern or ".*")
     except re.error as error:
-        raise ValueError(f"--pattern '{pattern}' is not a regular expression: {error}") from None
+        raise ManifestError(f"--pattern '{pattern}' is not a regular expression: {error}") from None
     reserved = sorted(set(regex.groupindex) & set(RESERVED))
     if reserved:
-        raise ValueError(
+        raise ManifestError(
             f"--pattern '{pattern}' has groups named {', '.join(reserved)}; those fields are set by strata"
         )
     matched, fields, unmatched = [], [], []
@@ -92,7 +95,7 @@ def from_folder(
         matched.append(rel)
         fields.append({k: v for k, v in match.groupdict().items() if v is not None})
     if not matched:
-        raise ValueError(
+        raise ManifestError(
             f"none of the {len(relative)} files below {root} matches --pattern '{pattern}' (the whole path relative "
             f"to the folder must match, with / separators), e.g. {relative[0]!r}"
         )
@@ -115,7 +118,7 @@ def _number(value: str, where: str, column: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{where}: column {column!r} must be a number, got {value!r}") from None
+        raise ManifestError(f"{where}: column {column!r} must be a number, got {value!r}") from None
 
 
 def from_csv(
@@ -129,38 +132,51 @@ def from_csv(
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"CSV file {path} does not exist")
+        raise ManifestError(f"CSV file {path} does not exist")
     root = path.parent if root is None else Path(root)
+    # utf-8-sig: spreadsheets start with a BOM. Decoded whole first, so that bad bytes are an error naming their line.
+    text = decode(path.read_bytes(), path, ManifestError, "utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _csv_entries(path, reader, audio_column, id_column, root)
+    except csv.Error as error:
+        raise ManifestError(f"{path} line {reader.line_num}: not readable as CSV ({error})") from None
+
+
+def _csv_entries(
+    path: Path, reader: csv.DictReader, audio_column: str, id_column: str, root: Path
+) -> list[dict[str, Any]]:
     numeric = ("duration", "start", "end")
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: spreadsheets start with a BOM
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if audio_column not in columns:
-            raise ValueError(
-                f"{path} has no column {audio_column!r} (columns: {', '.join(columns)}); set --audio-column"
-            )
-        clash = sorted({"id", "audio"} & set(columns) - {audio_column, id_column})
-        if clash:
-            raise ValueError(
-                f"{path} has a column {clash[0]!r} that is not the --audio-column or --id-column; rename it, or set "
-                f"--{clash[0]}-column {clash[0]}"
-            )
-        if id_column not in columns and id_column != "id":
-            raise ValueError(f"{path} has no column {id_column!r} (columns: {', '.join(columns)}); set --id-column")
-        rows, lines = [], []
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            if None in row:
-                raise ValueError(f"{where}: more cells than the {len(columns)} columns of the header")
-            cells = {k: v for k, v in row.items() if v not in ("", None)}
-            if not cells.get(audio_column):
-                raise ValueError(f"{where}: column {audio_column!r} is empty")
-            if id_column in columns and not cells.get(id_column):
-                raise ValueError(f"{where}: column {id_column!r} is empty")
-            rows.append(cells)
-            lines.append(reader.line_num)
+    columns = reader.fieldnames or []
+    header = f"{path} line 1 (the header)"
+    if audio_column not in columns:
+        raise ManifestError(
+            f"{header} has no column {audio_column!r} (columns: {', '.join(columns)}); set --audio-column"
+        )
+    clash = sorted({"id", "audio"} & set(columns) - {audio_column, id_column})
+    if clash:
+        raise ManifestError(
+            f"{header} has a column {clash[0]!r} that is not the --audio-column or --id-column; rename it, or set "
+            f"--{clash[0]}-column {clash[0]}"
+        )
+    if id_column not in columns and id_column != "id":
+        raise ManifestError(
+            f"{path} line 1 (the header) has no column {id_column!r} (columns: {', '.join(columns)}); set --id-column"
+        )
+    rows, lines = [], []
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        if None in row:
+            raise ManifestError(f"{where}: more cells than the {len(columns)} columns of the header")
+        cells = {k: v for k, v in row.items() if v not in ("", None)}
+        if not cells.get(audio_column):
+            raise ManifestError(f"{where}: column {audio_column!r} is empty")
+        if id_column in columns and not cells.get(id_column):
+            raise ManifestError(f"{where}: column {id_column!r} is empty")
+        rows.append(cells)
+        lines.append(reader.line_num)
     if not rows:
-        raise ValueError(f"{path} has a header but no rows")
+        raise ManifestError(f"{path} has a header but no rows")
     paths = [_absolute(row[audio_column], root) for row in rows]
     _check_exist(
         paths, [f"line {n}" for n in lines], f"{path} (relative paths are resolved against {root}; set --root)"
@@ -186,15 +202,15 @@ def from_csv(
 def _read_table(path: Path, min_fields: int, max_split: int = -1) -> dict[str, tuple[list[str], str]]:
     """Kaldi table `<key> <values...>` -> key: (values, "file line N")."""
     table: dict[str, tuple[list[str], str]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in numbered_lines(path, ManifestError):
         if not line.strip():
             continue
         where = f"{path} line {number}"
         fields = line.split(maxsplit=max_split)
         if len(fields) < min_fields:
-            raise ValueError(f"{where}: expected at least {min_fields} fields, got {len(fields)}: {line.strip()!r}")
+            raise ManifestError(f"{where}: expected at least {min_fields} fields, got {len(fields)}: {line.strip()!r}")
         if fields[0] in table:
-            raise ValueError(f"id {fields[0]!r} is used twice: {table[fields[0]][1]} and {where}")
+            raise ManifestError(f"id {fields[0]!r} is used twice: {table[fields[0]][1]} and {where}")
         table[fields[0]] = (fields[1:], where)
     return table
 
@@ -202,12 +218,12 @@ def _read_table(path: Path, min_fields: int, max_split: int = -1) -> dict[str, t
 def _wav_path(value: str, where: str) -> str:
     value = value.strip()
     if value.endswith("|"):
-        raise ValueError(
+        raise ManifestError(
             f"{where}: {value!r} is a command (piped wav.scp entries are not supported); convert it to an audio "
             f"file first, e.g. `{value[:-1].strip()} > rec.wav`, and list that file"
         )
     if value == "-" or re.match(r"(ark|scp),?[a-z,]*:", value) or re.search(r":\d+(\[[^]]*\])?$", value):
-        raise ValueError(
+        raise ManifestError(
             f"{where}: {value!r} is an archive or extended filename, not an audio file; write the audio to "
             f"files (e.g. with wav-copy) and list them"
         )
@@ -221,7 +237,7 @@ def from_kaldi(directory: str | Path, root: str | Path = ".") -> list[dict[str, 
     directory = Path(directory)
     scp = directory / "wav.scp"
     if not scp.is_file():
-        raise ValueError(f"{scp} does not exist: a Kaldi data directory needs a wav.scp (`<recording> <path>`)")
+        raise ManifestError(f"{scp} does not exist: a Kaldi data directory needs a wav.scp (`<recording> <path>`)")
     recordings = _read_table(scp, 2, max_split=1)
     audio = {rec: _absolute(_wav_path(values[0], where), root) for rec, (values, where) in recordings.items()}
     _check_exist(list(audio.values()), [where for _, where in recordings.values()], f"{scp}")
@@ -231,14 +247,14 @@ def from_kaldi(directory: str | Path, root: str | Path = ".") -> list[dict[str, 
         used = sorted({values[0] for values, _ in segments.values()})
         unknown = [f"{where} ({values[0]})" for values, where in segments.values() if values[0] not in audio]
         if unknown:
-            raise ValueError(f"{len(unknown)} segments name recordings not in {scp}: {_first(unknown)}")
+            raise ManifestError(f"{len(unknown)} segments name recordings not in {scp}: {_first(unknown)}")
         lengths = dict(zip(used, _durations([audio[rec] for rec in used]), strict=True))
         entries, lines = [], []
         for utt, ([rec, start, end, *_], where) in segments.items():
             start, end = _number(start, where, "start"), _number(end, where, "end")
             end = lengths[rec] if end == -1 else end  # Kaldi: an end of -1 is the end of the recording
             if not 0 <= start < end <= lengths[rec] + OVERSHOOT:
-                raise ValueError(
+                raise ManifestError(
                     f"{where}: segment {start}-{end} s is not within recording {rec!r} ({lengths[rec]:.2f} s)"
                 )
             entries.append({"id": utt, "audio": audio[rec], "duration": end - start, "start": start, "end": end})
@@ -259,10 +275,10 @@ def from_kaldi(directory: str | Path, root: str | Path = ".") -> list[dict[str, 
         table = _read_table(table_path, 2, max_split=1 if field == "text" else -1)
         unknown = [f"{where} ({utt})" for utt, (_, where) in table.items() if utt not in by_id]
         if unknown:
-            raise ValueError(f"{len(unknown)} utterances in {table_path} are not in {source}: {_first(unknown)}")
+            raise ManifestError(f"{len(unknown)} utterances in {table_path} are not in {source}: {_first(unknown)}")
         missing = [utt for utt in by_id if utt not in table]
         if missing:
-            raise ValueError(f"{len(missing)} utterances of {source} are not in {table_path}: {_first(missing)}")
+            raise ManifestError(f"{len(missing)} utterances of {source} are not in {table_path}: {_first(missing)}")
         for utt, (values, _) in table.items():
             by_id[utt][field] = values[0].strip() if field == "text" else values[0]
     return entries
@@ -282,7 +298,7 @@ def absent_audio(paths: Sequence[str | Path], listing: Path, what: str, hint: st
         return set()
     first = ", ".join(missing[:show])
     if len(missing) * 2 > len(paths):
-        raise ValueError(f"{len(missing)} of the {len(paths)} {what} do not exist, first: {first}: {hint}")
+        raise ManifestError(f"{len(missing)} of the {len(paths)} {what} do not exist, first: {first}: {hint}")
     listing.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(listing, "".join(f"{path}\n" for path in missing))
     print(

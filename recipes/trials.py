@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import atomic
+from .textfiles import numbered_lines
 
 FORMAT = "`<1|0> <enroll> <test>`"
 SHOW_MISSING = 5  # ids listed in the error for tokens that name no utterance
@@ -106,31 +107,30 @@ def read_trials(
     source = f"manifest {manifest}" if manifest is not None else "the manifest"
     labels, enroll, test = [], [], []
     missing: dict[str, int] = {}  # token -> first line
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            fields = text.split()
-            if not fields:
-                continue
-            where = f"{path} line {number}"
-            if len(fields) != 3:
-                raise TrialsError(f"{where}: expected 3 fields {FORMAT}, got {len(fields)}: {text.strip()!r}")
-            label, *tokens = fields
-            if label not in ("0", "1"):
-                raise TrialsError(f"{where}: label {label!r} is not 1 (target) or 0 (non-target)")
-            indices = []
-            for token in tokens:
-                index = resolve(token)
-                if index == _Resolver.AMBIGUOUS:
-                    raise TrialsError(
-                        f"{where}: {token!r} matches the end of several audio paths in {source}; "
-                        "use the utterance ids (or longer paths) in the trials"
-                    )
-                if index is None:
-                    missing.setdefault(token, number)
-                indices.append(index)
-            labels.append(int(label))
-            enroll.append(indices[0])
-            test.append(indices[1])
+    for number, text in numbered_lines(path, TrialsError):
+        fields = text.split()
+        if not fields:
+            continue
+        where = f"{path} line {number}"
+        if len(fields) != 3:
+            raise TrialsError(f"{where}: expected 3 fields {FORMAT}, got {len(fields)}: {text.strip()!r}")
+        label, *tokens = fields
+        if label not in ("0", "1"):
+            raise TrialsError(f"{where}: label {label!r} is not 1 (target) or 0 (non-target)")
+        indices = []
+        for token in tokens:
+            index = resolve(token)
+            if index == _Resolver.AMBIGUOUS:
+                raise TrialsError(
+                    f"{where}: {token!r} matches the end of several audio paths in {source}; "
+                    "use the utterance ids (or longer paths) in the trials"
+                )
+            if index is None:
+                missing.setdefault(token, number)
+            indices.append(index)
+        labels.append(int(label))
+        enroll.append(indices[0])
+        test.append(indices[1])
     if not labels:
         raise TrialsError(f"trials file {path} has no trials; expected {FORMAT} one a line")
     if missing:

@@ -300,3 +300,14 @@ def test_samples_outside_the_unit_range_are_used_counted_and_warned_about_once(t
         warnings.simplefilter("error")
         dataset[1]
     assert dataset.out_of_range == 2
+
+
+def test_manifest_lines_end_at_newlines_only_and_bad_bytes_name_their_line(tmp_path):
+    write_wav(tmp_path / "a.wav", 0.5)
+    entry = {"id": "a", "audio": "a.wav", "duration": 0.5, "text": "ONE\u2028TWO\x85THREE"}
+    path = tmp_path / "m.jsonl"
+    path.write_text("\ufeff" + json.dumps(entry, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_manifest(path).entries[0]["text"] == "ONE\u2028TWO\x85THREE"  # one line: JSON Lines break at \n
+    path.write_bytes(b"\n" + json.dumps(entry).encode() + b"\n\xff\xfe\n")
+    with pytest.raises(ManifestError, match=r"m.jsonl line 3: not UTF-8 text"):
+        read_manifest(path)
