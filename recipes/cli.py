@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .atomic import atomic_path
 from .results import markdown_table
+from .trust import TRUST_FLAG, check_configs_trusted
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
 
@@ -514,12 +515,17 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in {**FIT_COMMANDS, **LIGHTNING_COMMANDS}:
+        # Configs may name classes to import: strata's, Lightning's and torch's only, unless --trust-code.
+        trust_code = TRUST_FLAG in given
+        given = [arg for arg in given if arg != TRUST_FLAG]
     if given and given[0] in FIT_COMMANDS:
         name = given[0]
 
         def run_command() -> None:
             from . import lightning_cli
 
+            check_configs_trusted(given[1:], trust_code)
             getattr(lightning_cli, FIT_COMMANDS[name])(given[1:])
     elif given and given[0] in LIGHTNING_COMMANDS:
         name = given[0]
@@ -527,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         def run_command() -> None:
             from .lightning_cli import run
 
-            run(None if argv is None else given)  # LightningCLI parses its own arguments
+            check_configs_trusted(given[1:], trust_code)
+            run(given)  # LightningCLI parses its own arguments
     else:
         args = build_parser().parse_args(given)
         name = args.command

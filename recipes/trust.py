@@ -10,6 +10,8 @@ they trust the file (`trust_code=True`, `--trust-code`). Weights are read as ten
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 
@@ -46,3 +48,70 @@ def check_trusted(hparams: dict[str, Any], where: str, trust_code: bool = False)
             f"{where} names the upstream {name!r}, a package.module:factory that would import and run its code; "
             "load it only if you trust where it came from, with trust_code=True (--trust-code)"
         )
+
+
+TRUST_FLAG = "--trust-code"  # what every strata command that could import foreign code takes to do so
+
+# Where Lightning's and strata's classes live: a config naming a class elsewhere would import code of its choosing.
+TRUSTED_MODULES = ("recipes", "upstream", "downstream", "lightning", "pytorch_lightning", "torch")
+# Keys whose string values jsonargparse imports as classes (`callbacks: [mypackage.MyCallback]`).
+CLASS_KEYS = ("class_path", "callbacks", "logger", "plugins", "strategy", "profiler", "task")
+# Keys whose values are upstream sources (a `package.module:factory` imports its module).
+UPSTREAM_KEYS = ("name", "teacher", "features")
+DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _foreign_code(value: Any, path: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(key path, what) for each class or upstream factory outside strata, Lightning and torch in a config."""
+    from upstream.registry import imports_code
+
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _foreign_code(item, (*path, str(key)))]
+    if isinstance(value, list):
+        return [found for item in value for found in _foreign_code(item, path)]
+    if not isinstance(value, str) or not path:
+        return []
+    key, where = path[-1], ".".join(path)
+    if key in CLASS_KEYS and DOTTED.match(value) and value.split(".")[0] not in TRUSTED_MODULES:
+        return [(where, value)]
+    source = value.rsplit(":", 1)[0] if key == "features" else value  # features: <upstream>:<layer>
+    if key in UPSTREAM_KEYS and ("upstream" in path or key != "name") and imports_code(source):
+        return [(where, value)]
+    return []
+
+
+def config_files(args: list[str]) -> list[Path]:
+    """The `--config` files of a LightningCLI command line."""
+    files = []
+    for index, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        if flag in ("--config", "-c"):
+            value = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+            files.append(Path(value))
+    return files
+
+
+def check_configs_trusted(args: list[str], trust_code: bool = False) -> None:
+    """Refuse `--config` files that name classes or upstream factories outside strata, Lightning and torch:
+    parsing them would import and run that code. What the user types on the command line is their own choice and
+    is not checked; a config (someone else's, or a run's own `config.yaml` of a custom upstream) needs
+    `--trust-code`."""
+    if trust_code:
+        return
+    import yaml
+
+    for path in config_files(args):
+        if not path.is_file():
+            continue  # the parser names a missing config
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # and an unreadable one
+        found = _foreign_code(config, ())
+        if found:
+            where, what = found[0]
+            raise UntrustedModelError(
+                f"config {path} names {what!r} at {where}, which is not part of strata, Lightning or torch: parsing "
+                f"it would import and run its code. Use the config only if you trust where it came from, with "
+                f"--trust-code" + (f" ({len(found) - 1} more such names)" if len(found) > 1 else "")
+            )
