@@ -6,7 +6,7 @@
 # first upstream and predicting its test set with the export, 9 pre-training a tiny TERA and distilling stage 7's
 # HuBERT into a 2-layer student, all four probed side by side (and the student's speed against its teacher's),
 # 100 report.
-#   bash run.sh                                  # everything, fbank and tiny_hubert (about forty minutes, 2 cores)
+#   bash run.sh                                  # everything, fbank and tiny_hubert (about fifty minutes, 2 cores)
 #   bash run.sh --demo true                      # what `make demo` runs: every task with fbank, one ASD run, a
 #                                                # layer probe of tiny_hubert, the results table (<= 15 minutes)
 #   bash run.sh --stage 1 --upstream wavlm_base_plus --interface hconv
