@@ -119,10 +119,19 @@ def export_run(
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    write_export(loaded, partial, results, data_manifests(run_dir), source=str(run_dir))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    try:
+        write_export(loaded, partial, results, data_manifests(run_dir), source=str(run_dir))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():  # --force: the old export stays whole until the new one is in place
+        old = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old)
+    else:
+        partial.rename(out)
     return out
 
 

@@ -252,25 +252,52 @@ def run(args: list[str] | None) -> None:
     StrataCLI(args=args)
 
 
-class PretrainCLI(RunFolderCLI):
-    """`strata pretrain`: LightningCLI's fit over the LightningModule and DataModule of a pre-training objective
-    (`recipes.pretrain.objectives`: hubert, tera), with the run folder layout of the task commands (config,
-    checkpoints/last.ckpt every epoch, CSV and TensorBoard logs) and `--ckpt_path last` resuming."""
+class FitOnlyCLI(RunFolderCLI):
+    """A command that only fits (`strata pretrain`, `strata distill`): LightningCLI's fit with the run folder layout
+    of the task commands (config, checkpoints/last.ckpt every epoch and every `--checkpoint_every_n_steps`, CSV and
+    TensorBoard logs) and `--ckpt_path last` resuming. Subclasses name the default run folder."""
+
+    def __init__(self, model_class: type, datamodule_class: type, prog: str, args: list[str]) -> None:
+        super().__init__(
+            model_class,
+            datamodule_class,
+            save_config_callback=None,
+            seed_everything_default=0,
+            trainer_defaults={"use_distributed_sampler": False},
+            parser_kwargs={"prog": prog},
+            args=["fit", *args],
+        )
+
+    def default_run_dir(self, config: Any) -> Path:
+        raise NotImplementedError
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config["fit"]
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = str(self.default_run_dir(config))
+        self.run_dir = Path(config.trainer.default_root_dir)
+        config.ckpt_path = self._resume_from(config.get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints", filename="last", enable_version_counter=False
+        )
+        return self._trainer_with(checkpoint, **kwargs)
+
+    def before_fit(self) -> None:
+        self._save_config("config.yaml")
+
+
+class PretrainCLI(FitOnlyCLI):
+    """`strata pretrain`: the LightningModule and DataModule of a pre-training objective
+    (`recipes.pretrain.objectives`: hubert, tera); default run folder `exp/pretrain/<objective>_<size>`."""
 
     def __init__(self, args: list[str]) -> None:
         from .pretrain.objectives import OBJECTIVES, requested_objective
 
         self.objective = OBJECTIVES[requested_objective(args)]()
         self.objectives = OBJECTIVES.names()
-        super().__init__(
-            self.objective.module,
-            self.objective.data,
-            save_config_callback=None,
-            seed_everything_default=0,
-            trainer_defaults={"use_distributed_sampler": False},
-            parser_kwargs={"prog": "strata pretrain"},
-            args=["fit", *args],
-        )
+        super().__init__(self.objective.module, self.objective.data, "strata pretrain", args)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
@@ -287,44 +314,21 @@ class PretrainCLI(RunFolderCLI):
                 link.source, link.target, **({"apply_on": "instantiate"} if link.on_instantiate else {})
             )
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config["fit"]
-        if config.trainer.default_root_dir is None:
-            config.trainer.default_root_dir = f"exp/pretrain/{self.objective.name}_{config.model.size}"
-        self.run_dir = Path(config.trainer.default_root_dir)
-        config.ckpt_path = self._resume_from(config.get("ckpt_path"))
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir / "checkpoints", filename="last", enable_version_counter=False
-        )
-        return self._trainer_with(checkpoint, **kwargs)
-
-    def before_fit(self) -> None:
-        self._save_config("config.yaml")
+    def default_run_dir(self, config: Any) -> Path:
+        return Path("exp") / "pretrain" / f"{self.objective.name}_{config.model.size}"
 
 
 def run_pretrain(args: list[str]) -> None:
     PretrainCLI(args=args)
 
 
-class DistillCLI(RunFolderCLI):
-    """`strata distill`: LightningCLI's fit over DistillModule and DistillDataModule, with the run folder layout of
-    `strata pretrain` (default `exp/distill/<teacher>`, config, checkpoints/last.ckpt every epoch, logs) and
-    `--ckpt_path last` resuming."""
+class DistillCLI(FitOnlyCLI):
+    """`strata distill`: DistillModule and DistillDataModule; default run folder `exp/distill/<teacher>`."""
 
     def __init__(self, args: list[str]) -> None:
         from .pretrain.distill import DistillDataModule, DistillModule
 
-        super().__init__(
-            DistillModule,
-            DistillDataModule,
-            save_config_callback=None,
-            seed_everything_default=0,
-            trainer_defaults={"use_distributed_sampler": False},
-            parser_kwargs={"prog": "strata distill"},
-            args=["fit", *args],
-        )
+        super().__init__(DistillModule, DistillDataModule, "strata distill", args)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
@@ -333,22 +337,8 @@ class DistillCLI(RunFolderCLI):
         # The data module checks a teacher cache against the teacher's name, fingerprint and target layers.
         parser.link_arguments("model", "data.teacher", compute_fn=DistillModule.teacher_spec, apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config["fit"]
-        if config.trainer.default_root_dir is None:
-            teacher = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(config.model.teacher)).strip("_")
-            config.trainer.default_root_dir = str(Path("exp") / "distill" / teacher)
-        self.run_dir = Path(config.trainer.default_root_dir)
-        config.ckpt_path = self._resume_from(config.get("ckpt_path"))
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir / "checkpoints", filename="last", enable_version_counter=False
-        )
-        return self._trainer_with(checkpoint, **kwargs)
-
-    def before_fit(self) -> None:
-        self._save_config("config.yaml")
+    def default_run_dir(self, config: Any) -> Path:
+        return Path("exp") / "distill" / re.sub(r"[^A-Za-z0-9._+-]+", "_", str(config.model.teacher)).strip("_")
 
 
 def run_distill(args: list[str]) -> None:

@@ -279,3 +279,28 @@ def test_windows_cover_the_input_and_cut_at_the_quietest_point():
     assert all(end - start <= 16000 * 10 for start, end in bounds)
     assert 16000 * 8 <= bounds[0][1] <= 16000 * 8 + 800
     assert window_bounds(wav[:16000], 16000, 10.0) == [(0, 16000)]
+
+
+def test_an_export_that_fails_half_way_leaves_the_previous_export_whole(frozen_run, tmp_path, monkeypatch):
+    import errno
+
+    from recipes import export as export_module
+
+    out = tmp_path / "model"
+    assert main(["export", str(frozen_run), "--out", str(out)]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    written = export_module.write_export
+
+    def disk_full(loaded, folder, *args, **kwargs):
+        written(loaded, folder, *args, **kwargs)
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "write_export", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_module.export_run(frozen_run, out, overwrite=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # the half-written folder removed
+    monkeypatch.undo()
+    assert main(["export", str(frozen_run), "--out", str(out), "--force"]) == 0  # replaced whole
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # nor the replaced one

@@ -16,7 +16,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,10 +27,8 @@ from upstream.hf import FAMILIES, HFUpstream
 
 from ..cache import CacheError, FeatureCache, upstream_fingerprint
 from ..data import AudioDataset, Manifest, PadCollate, read_manifest
-from ..nonfinite import checked_loss
-from ..optim import with_linear_warmup
 from .data import HUBERT_CROP_SECONDS, BucketedAudioData
-from .module import SaveUpstream
+from .module import PretrainingModule
 
 # Where a checkpoint names the teacher whose weights it leaves out: {"name": source, "fingerprint": hash}.
 TEACHER_KEY = "strata_distill_teacher"
@@ -129,7 +126,7 @@ def align_frames(
     return hidden[:, :frames], targets[:, :, :frames], torch.minimum(lengths, target_lengths.to(lengths.device))
 
 
-class DistillModule(L.LightningModule):
+class DistillModule(PretrainingModule):
     """A `student_layers`-deep copy of `teacher` (any strata upstream name of a transformers family, e.g.
     `hubert_base` or `hf:exp/pretrain/hubert_tiny/upstream`) learns to predict the teacher's `target_layers`
     (default: `default_target_layers`, DistilHuBERT's 4, 8, 12 of 12 scaled to the teacher's depth) with one linear
@@ -205,21 +202,6 @@ class DistillModule(L.LightningModule):
             self.log(f"{stage}/l1_layer{layer}", l1, on_epoch=True, batch_size=size)
             self.log(f"{stage}/cos_layer{layer}", cosine, on_epoch=True, batch_size=size)
         return loss.total
-
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
-        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
-                            "--model.skip_nonfinite_loss true")  # fmt: skip
-
-    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
-        self._step(batch, "valid")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        trained = [p for p in self.parameters() if p.requires_grad]  # the teacher has none
-        optimizer = torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
-        return with_linear_warmup(optimizer, self.warmup_steps)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [SaveUpstream()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The teacher is rebuilt from its name on load: the checkpoint keeps its name and fingerprint only."""

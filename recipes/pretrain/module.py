@@ -47,7 +47,41 @@ class EncoderSize:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-class HubertPretrainModule(L.LightningModule):
+class PretrainingModule(L.LightningModule):
+    """What strata's pre-training modules (HuBERT, TERA, distillation) share around their own `_step(batch, stage)`
+    -> loss: the training step with the non-finite loss check (`skip_nonfinite_loss`), validation, AdamW with linear
+    warm-up over the parameters that train, and `SaveUpstream`, which calls their `save_upstream` at the end of fit
+    and names the `source_prefix` that loads it."""
+
+    source_prefix = "hf"
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    skip_nonfinite_loss: bool
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
+        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
+                            "--model.skip_nonfinite_loss true")  # fmt: skip
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        self._step(batch, "valid")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trained = [p for p in self.parameters() if p.requires_grad]  # a frozen teacher or CNN has none
+        optimizer = torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
+        return with_linear_warmup(optimizer, self.warmup_steps)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SaveUpstream()]
+
+
+class HubertPretrainModule(PretrainingModule):
     """HuBERT pre-training (Hsu et al. 2021): the CNN features of `mask_prob` x `mask_length` spans are replaced by a
     learnt embedding, and the transformer output of every masked frame must predict that frame's cluster id: a
     projection to `final_dim`, cosine similarity with one learnt embedding per cluster over `logit_temperature`,
@@ -130,17 +164,6 @@ class HubertPretrainModule(L.LightningModule):
         self.log(f"{stage}/accuracy_masked", accuracy, prog_bar=True, on_epoch=True, batch_size=size, sync_dist=True)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
-        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
-                            "--model.skip_nonfinite_loss true")  # fmt: skip
-
-    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
-        self._step(batch, "valid")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return with_linear_warmup(optimizer, self.warmup_steps)
-
     def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """The encoder as a transformers directory (weights, config, feature-extractor settings) that
         `build_upstream("hf:<folder>")` loads, plus `pretrain.json` recording how it was trained."""
@@ -151,9 +174,6 @@ class HubertPretrainModule(L.LightningModule):
             return_attention_mask=self.normalize,
         ).save_pretrained(folder)  # fmt: skip
         return write_pretrain_record(folder, self, extra)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [SaveUpstream()]
 
 
 def write_pretrain_record(folder: Path, module: L.LightningModule, extra: dict[str, Any] | None) -> Path:

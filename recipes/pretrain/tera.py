@@ -7,17 +7,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from upstream.names import as_config
 from upstream.surface import HOP, WINDOW
 from upstream.tera import TeraConfig, TeraModel
 
-from ..nonfinite import checked_loss
-from ..optim import with_linear_warmup
 from .alteration import AlterationConfig, alter, reconstruction_loss
-from .module import EncoderSize, SaveUpstream, write_pretrain_record
+from .module import EncoderSize, PretrainingModule, write_pretrain_record
 
 SIZES: dict[str, TeraConfig] = {
     "tiny": TeraConfig(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256),  # minutes on a CPU
@@ -32,7 +29,7 @@ ENCODER_FIELDS = {
 }
 
 
-class TeraPretrainModule(L.LightningModule):
+class TeraPretrainModule(PretrainingModule):
     """TERA pre-training: each batch's 80-d log-mel (CMVN per utterance) is altered in time, frequency and
     magnitude (`alteration`; Mockingjay: `frequency_fraction 0`, `noise_prob 0`), the encoder reads the altered
     copy and its reconstruction head must give back the original, L1 on the altered positions. `encoder` changes
@@ -79,21 +76,10 @@ class TeraPretrainModule(L.LightningModule):
                  sync_dist=stage != "train")  # fmt: skip
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor | None:
-        return checked_loss(self, self._step(batch, "train"), batch["ids"], self.skip_nonfinite_loss,
-                            "--model.skip_nonfinite_loss true")  # fmt: skip
-
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         self._step(batch, "valid", torch.Generator().manual_seed(batch_index))
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return with_linear_warmup(optimizer, self.warmup_steps)
 
     def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """The model (encoder and reconstruction head) as a TERA folder that `build_upstream("tera:<folder>")`
         loads, plus `pretrain.json` recording how it was trained."""
         return write_pretrain_record(self.model.save(folder), self, extra)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [SaveUpstream()]
