@@ -40,7 +40,9 @@ from .locking import FolderLock
 
 INDEX = "index.json"
 FORMAT = "strata-feature-cache/1"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# int8: each shard's values over the scale of their layer and channel (`scale [L', D]`, the channel's largest
+# magnitude in the shard / 127), rounded; a quarter of float32's disk, read back as float32 times the scale.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 class CacheError(ValueError):
@@ -302,16 +304,27 @@ def _write_shard(
         for row, entry in enumerate(items):
             frames = int(output.lengths[row])
             # One copy of the valid frames only, already in the stored type: `[L', T, D]`.
-            pieces[entry["id"]] = torch.stack([state[row, :frames].to(dtype) for state in states]).cpu()
+            stored = torch.float32 if dtype == torch.int8 else dtype  # int8 is quantised per shard, below
+            pieces[entry["id"]] = torch.stack([state[row, :frames].to(stored) for state in states]).cpu()
     offsets, position = {}, 0
     for entry in shard:
         frames = pieces[entry["id"]].size(1)
         offsets[entry["id"]] = (position, frames)
         position += frames
     hidden = torch.cat([pieces[e["id"]] for e in shard], dim=1).contiguous()
+    tensors = quantize(hidden) if dtype == torch.int8 else {"hidden": hidden}
     with atomic_path(path) as partial:
-        save_file({"hidden": hidden}, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
+        save_file(tensors, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})
     return offsets
+
+
+def quantize(hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`hidden [L', F, D]` float -> int8 values and the float32 `scale [L', D]` of each layer's channel (symmetric,
+    the channel's largest magnitude maps to 127): per channel, because SSL layers have a few channels far larger
+    than the rest, which one scale per layer would crush the others under."""
+    scale = (hidden.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    values = torch.round(hidden / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"hidden": values.contiguous(), "scale": scale.float().contiguous()}
 
 
 class FeatureCache:
@@ -336,8 +349,12 @@ class FeatureCache:
         shard, offset, frames = self.index.utterances[utterance]
         stop = frames if stop is None else min(stop, frames)
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.folder / self.index.shards[shard]), framework="pt")
-        return self._handles[shard].get_slice("hidden")[:, offset + start : offset + stop].float()
+            handle = safe_open(str(self.folder / self.index.shards[shard]), framework="pt")
+            scale = handle.get_tensor("scale")[:, None] if "scale" in handle.keys() else None  # int8 shards
+            self._handles[shard] = (handle, scale)
+        handle, scale = self._handles[shard]
+        values = handle.get_slice("hidden")[:, offset + start : offset + stop].float()
+        return values if scale is None else values * scale
 
     def check(self, upstream_name: str, fingerprint: str, manifest: Manifest, all_layers: bool = True) -> None:
         """Refuse, with the reason, a cache that cannot stand in for `upstream_name` on `manifest`."""

@@ -64,6 +64,25 @@ def test_fp32_cache_equals_the_upstream_run_on_each_utterance_and_fp16_is_close(
         assert torch.equal(exact.hidden(entry["id"], 2, 5), expected[:, 2:5])
 
 
+def test_an_int8_cache_is_a_quarter_of_fp32_within_half_a_step_of_each_channels_scale(small, tmp_path):
+    settings = {"batch_seconds": 0.01, "shard_seconds": 5, "progress": False}
+    extract("tiny_hubert", [small], tmp_path / "fp32", dtype="float32", **settings)
+    extract("tiny_hubert", [small], tmp_path / "int8", dtype="int8", **settings)
+    exact, small8 = FeatureCache(tmp_path / "fp32"), FeatureCache(tmp_path / "int8")
+    assert small8.index.dtype == "int8" and small8.index.shards == exact.index.shards
+    assert small8.size_bytes() < 0.3 * exact.size_bytes()
+    errors, norms = [], []
+    for utterance in exact.index.utterances:
+        shard = exact.index.utterances[utterance][0]
+        approx, reference = small8.hidden(utterance), exact.hidden(utterance)
+        scale = small8._handles[shard][1]  # [L', 1, D]: the shard's per-layer, per-channel step
+        assert bool(((approx - reference).abs() <= scale / 2 + 1e-6).all())  # rounding, never clipping
+        assert torch.equal(small8.hidden(utterance, 2, 5), approx[:, 2:5])
+        errors.append((approx - reference).pow(2).sum())
+        norms.append(reference.pow(2).sum())
+    assert float((sum(errors) / sum(norms)).sqrt()) < 0.01  # relative RMS error under 1 %
+
+
 def test_a_killed_extraction_resumes_from_its_finished_shards_into_the_same_index(mini_corpus, tmp_path):
     # One utterance a shard, 256 shards: the kill lands after the first shard and long before the last.
     manifest, out = mini_corpus / "emotion" / "train.jsonl", tmp_path / "cache"
