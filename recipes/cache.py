@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import atomic
@@ -187,12 +188,15 @@ def extract(
     shard_seconds: float = 600.0,
     device: str = "auto",
     progress: bool = True,
+    num_workers: int = 1,
 ) -> CacheIndex:
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
     Batches are length-bucketed (`batch_seconds` of padded audio), run without autograd, under bf16 autocast on a
-    GPU; the stored values are cast to `dtype`. Returns the index. One extraction writes a folder at a time
-    (`locking.FolderLock`): a second is refused while the first lives; a killed one's lock is taken over.
+    GPU; the stored values are cast to `dtype`. `num_workers` DataLoader processes read, resample and pad the next
+    batches while the model runs (0: in the main process, between forwards). Returns the index. One extraction
+    writes a folder at a time (`locking.FolderLock`): a second is refused while the first lives; a killed one's lock
+    is taken over.
     """
     if dtype not in DTYPES:
         raise CacheError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
@@ -200,7 +204,8 @@ def extract(
     with FolderLock(out, f"strata extract --upstream {upstream_name}") as lock:
         if lock.took_over:
             tqdm.write(f"{out}: the lock of a process that is gone (pid {lock.took_over.get('pid')}) was removed")
-        return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device, progress)
+        return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device, progress,
+                        num_workers)  # fmt: skip
 
 
 def _extract(
@@ -213,6 +218,7 @@ def _extract(
     shard_seconds: float,
     device: str,
     progress: bool,
+    num_workers: int,
 ) -> CacheIndex:
     from upstream import build_upstream
 
@@ -226,25 +232,29 @@ def _extract(
     fingerprint = upstream_fingerprint(upstream)
     settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|"
     plan = plan_shards(entries, shard_seconds)
-    names, utterances = [], {}
+    names = [f"shard_{number:05d}.safetensors" for number in range(len(plan))]
+    keys = [_shard_key(shard, settings) for shard in plan]
+    offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
+    todo = [number for number, found in offsets.items() if found is None]  # the shards a killed run did not finish
     total_seconds = sum(float(e["duration"]) for e in entries)
     bar = tqdm(total=len(entries), unit="utt", desc=f"extracting {upstream_name}", disable=not progress)
+    bar.update(sum(len(plan[number]) for number in offsets if number not in todo))
     started, done_seconds = time.perf_counter(), 0.0
-    for number, shard in enumerate(plan):
-        name = f"shard_{number:05d}.safetensors"
-        names.append(name)
-        key = _shard_key(shard, settings)
-        path = out / name
-        offsets = _read_offsets(path, key)
-        if offsets is None:
-            offsets = _write_shard(upstream, shard, path, key, chosen, DTYPES[dtype], batch_seconds, target)
-        for entry in shard:
-            offset, frames = offsets[entry["id"]]
-            utterances[entry["id"]] = [number, offset, frames]
-        done_seconds += sum(float(e["duration"]) for e in shard)
-        bar.update(len(shard))
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        bar.set_postfix_str(f"{done_seconds / elapsed:.1f} audio-s/s")
+    batches = ShardBatches([plan[number] for number in todo], batch_seconds, upstream.sample_rate, upstream.min_samples)
+    loader = DataLoader(batches, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
+    pieces: dict[str, torch.Tensor] = {}
+    for position, ids, padded, lengths in loader:
+        pieces.update(_run_batch(upstream, ids, padded, lengths, chosen, DTYPES[dtype], target))
+        shard = plan[todo[position]]
+        if all(entry["id"] in pieces for entry in shard):  # the shard's last batch: write it
+            number = todo[position]
+            offsets[number] = _save_shard([pieces.pop(e["id"]) for e in shard], shard, out / names[number],
+                                          keys[number], DTYPES[dtype])  # fmt: skip
+            done_seconds += sum(float(e["duration"]) for e in shard)
+            bar.update(len(shard))
+            bar.set_postfix_str(f"{done_seconds / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
+    utterances = {entry["id"]: [number, *offsets[number][entry["id"]]] for number, shard in enumerate(plan)
+                  for entry in shard}  # fmt: skip
     bar.close()
     index = CacheIndex(
         upstream=upstream_name,
@@ -279,39 +289,60 @@ def _read_offsets(path: Path, key: str) -> dict[str, tuple[int, int]] | None:
     return {k: tuple(v) for k, v in json.loads(metadata["offsets"]).items()}
 
 
-def _write_shard(
-    upstream: torch.nn.Module,
-    shard: list[dict[str, Any]],
-    path: Path,
-    key: str,
-    layers: list[int],
-    dtype: torch.dtype,
-    batch_seconds: float,
-    device: torch.device,
-) -> dict[str, tuple[int, int]]:
-    pieces: dict[str, torch.Tensor] = {}
-    for batch in bucket_batches([float(e["duration"]) for e in shard], batch_seconds):
-        items = [shard[i] for i in batch]
-        wavs = [read_entry(e, upstream.sample_rate) for e in items]
-        lengths = torch.tensor([max(w.numel(), upstream.min_samples) for w in wavs])
+class ShardBatches(torch.utils.data.Dataset):
+    """The length-bucketed batches of `shards`, in order, as extraction runs them: item i is (shard position, ids,
+    `wavs [B, S]` zero-padded, `lengths [B]`), read and resampled where the DataLoader asks (a worker process)."""
+
+    def __init__(self, shards: list[list[dict[str, Any]]], batch_seconds: float, sample_rate: int, min_samples: int):
+        self.batches = [(position, [shard[i] for i in batch]) for position, shard in enumerate(shards)
+                        for batch in bucket_batches([float(e["duration"]) for e in shard], batch_seconds)]  # fmt: skip
+        self.sample_rate, self.min_samples = sample_rate, min_samples
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[int, list[str], torch.Tensor, torch.Tensor]:
+        position, items = self.batches[index]
+        wavs = [read_entry(entry, self.sample_rate) for entry in items]
+        lengths = torch.tensor([max(wav.numel(), self.min_samples) for wav in wavs])
         padded = torch.zeros(len(wavs), int(lengths.max()))
         for row, wav in enumerate(wavs):
             padded[row, : wav.numel()] = wav
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        with torch.no_grad(), autocast:
-            output = upstream(padded.to(device), lengths.to(device))
-        states = [output.hidden_states[layer] for layer in layers]
-        for row, entry in enumerate(items):
-            frames = int(output.lengths[row])
-            # One copy of the valid frames only, already in the stored type: `[L', T, D]`.
-            stored = torch.float32 if dtype == torch.int8 else dtype  # int8 is quantised per shard, below
-            pieces[entry["id"]] = torch.stack([state[row, :frames].to(stored) for state in states]).cpu()
+        return position, [entry["id"] for entry in items], padded, lengths
+
+
+def _run_batch(
+    upstream: torch.nn.Module,
+    ids: list[str],
+    padded: torch.Tensor,
+    lengths: torch.Tensor,
+    layers: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Each utterance's valid frames of the cached layers, `[L', T, D]`, in the stored type (int8: float32, for the
+    shard's quantisation)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with torch.no_grad(), autocast:
+        output = upstream(padded.to(device), lengths.to(device))
+    states = [output.hidden_states[layer] for layer in layers]
+    stored = torch.float32 if dtype == torch.int8 else dtype
+    # One copy of the valid frames only, already in the stored type.
+    return {
+        utterance: torch.stack([state[row, : int(output.lengths[row])].to(stored) for state in states]).cpu()
+        for row, utterance in enumerate(ids)
+    }
+
+
+def _save_shard(
+    pieces: list[torch.Tensor], shard: list[dict[str, Any]], path: Path, key: str, dtype: torch.dtype
+) -> dict[str, tuple[int, int]]:
+    """Write one shard (its utterances' frames end to end, in shard order); returns id -> (offset, frames)."""
     offsets, position = {}, 0
-    for entry in shard:
-        frames = pieces[entry["id"]].size(1)
-        offsets[entry["id"]] = (position, frames)
-        position += frames
-    hidden = torch.cat([pieces[e["id"]] for e in shard], dim=1).contiguous()
+    for entry, piece in zip(shard, pieces, strict=True):
+        offsets[entry["id"]] = (position, piece.size(1))
+        position += piece.size(1)
+    hidden = torch.cat(pieces, dim=1).contiguous()
     tensors = quantize(hidden) if dtype == torch.int8 else {"hidden": hidden}
     with atomic_path(path) as partial:
         save_file(tensors, str(partial), metadata={"key": key, "offsets": json.dumps(offsets)})

@@ -126,6 +126,9 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-seconds", type=float, default=100.0, help="padded audio per batch (default 100)")
     parser.add_argument("--shard-seconds", type=float, default=600.0, help="audio per shard file (default 600)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--num-workers", type=int, default=1, help="processes reading audio while the model runs (default 1; 0: none)"
+    )
 
 
 @command("extract", "run a frozen upstream once and cache every layer for training and probing", _extract_arguments)
@@ -136,7 +139,7 @@ def extract_features(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     index = extract(args.upstream, args.manifest, args.out, args.layers, args.dtype, args.batch_seconds,
-                    args.shard_seconds, args.device)  # fmt: skip
+                    args.shard_seconds, args.device, num_workers=args.num_workers)  # fmt: skip
     elapsed = time.perf_counter() - started
     cache = FeatureCache(args.out)
     layers = "all" if len(index.layers) == index.num_layers else ",".join(map(str, index.layers))

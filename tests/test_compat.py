@@ -118,6 +118,24 @@ def test_torchaudio_bundles_name_their_weights_file_and_normalisation():
     assert compat.bundle_normalizes_waveform(torchaudio.pipelines.HUBERT_LARGE)
 
 
+def test_hubert_runs_sdpa_attention_by_default_and_it_matches_eager():
+    from upstream import build_upstream
+
+    upstream = build_upstream("tiny_hubert")
+    assert compat.attention_implementation(upstream.model) == "sdpa"  # transformers' default: no option needed
+    config = upstream.model.config.__class__.from_dict(
+        {**upstream.model.config.to_dict(), "attn_implementation": "eager"}
+    )
+    eager = type(upstream.model)(config).eval()
+    eager.load_state_dict(upstream.model.state_dict())
+    assert compat.attention_implementation(eager) == "eager"
+    wavs = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        fast = upstream.model(wavs, output_hidden_states=True).hidden_states
+        slow = eager(wavs, output_hidden_states=True).hidden_states
+    assert max(float((a - b).abs().max()) for a, b in zip(fast, slow, strict=True)) < 1e-5
+
+
 def test_lightning_counts_the_batches_processed_in_the_current_epoch(tmp_path):
     class Counting(L.LightningModule):
         def __init__(self) -> None:

@@ -23,6 +23,12 @@ def feat_extract_output_lengths(model: torch.nn.Module, wav_lengths: torch.Tenso
     return model._get_feat_extract_output_lengths(wav_lengths).long()
 
 
+def attention_implementation(model: torch.nn.Module) -> str:
+    """The attention kernel a transformers model runs: "sdpa" (torch's scaled_dot_product_attention, transformers'
+    default for the families that support it) or "eager"; kept on the config's private `_attn_implementation`."""
+    return str(model.config._attn_implementation)
+
+
 def set_feature_encoder_grad(cnn: torch.nn.Module, requires_grad: bool) -> None:
     """Tell a transformers CNN front-end whether its output needs a gradient.
 
