@@ -43,6 +43,7 @@ INDEX = "index.json"
 FORMAT = "strata-feature-cache/1"
 # int8: each shard's values over the scale of their layer and channel (`scale [L', D]`, the channel's largest
 # magnitude in the shard / 127), rounded; a quarter of float32's disk, read back as float32 times the scale.
+AUTOCAST = ("auto", "bf16", "fp32")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
@@ -111,6 +112,7 @@ class CacheIndex:
     shards: list[str]
     utterances: dict[str, list[int]]  # id -> [shard, offset, frames]
     seconds: float = 0.0  # audio extracted
+    autocast: str = "auto"  # the forward's precision: auto (bf16 on a GPU), bf16 or fp32
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -189,23 +191,29 @@ def extract(
     device: str = "auto",
     progress: bool = True,
     num_workers: int = 1,
+    autocast: str = "auto",
 ) -> CacheIndex:
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
     Batches are length-bucketed (`batch_seconds` of padded audio), run without autograd, under bf16 autocast on a
     GPU; the stored values are cast to `dtype`. `num_workers` DataLoader processes read, resample and pad the next
-    batches while the model runs (0: in the main process, between forwards). Returns the index. One extraction
+    batches while the model runs (0: in the main process, between forwards). `autocast`: `auto` runs the model under
+    bf16 autocast on a GPU and in float32 on a CPU, `bf16` under bf16 autocast on either (about 2x faster on a CPU
+    for a base model, ~2 % drift of each layer's largest value; benchmarks/forward_variants.py), `fp32` never.
+    Returns the index. One extraction
     writes a folder at a time (`locking.FolderLock`): a second is refused while the first lives; a killed one's lock
     is taken over.
     """
     if dtype not in DTYPES:
         raise CacheError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+    if autocast not in AUTOCAST:
+        raise CacheError(f"autocast must be one of {', '.join(AUTOCAST)}; got {autocast!r}")
     out = Path(out)
     with FolderLock(out, f"strata extract --upstream {upstream_name}") as lock:
         if lock.took_over:
             tqdm.write(f"{out}: the lock of a process that is gone (pid {lock.took_over.get('pid')}) was removed")
         return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device, progress,
-                        num_workers)  # fmt: skip
+                        num_workers, autocast)  # fmt: skip
 
 
 def _extract(
@@ -219,6 +227,7 @@ def _extract(
     device: str,
     progress: bool,
     num_workers: int,
+    autocast: str,
 ) -> CacheIndex:
     from upstream import build_upstream
 
@@ -230,7 +239,8 @@ def _extract(
     upstream = build_upstream(upstream_name).to(target).eval()
     chosen = parse_layers(layers, upstream.num_layers)
     fingerprint = upstream_fingerprint(upstream)
-    settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|"
+    bf16 = autocast == "bf16" or (autocast == "auto" and target.type == "cuda")
+    settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|{'bf16' if bf16 else 'fp32'}|"
     plan = plan_shards(entries, shard_seconds)
     names = [f"shard_{number:05d}.safetensors" for number in range(len(plan))]
     keys = [_shard_key(shard, settings) for shard in plan]
@@ -244,7 +254,7 @@ def _extract(
     loader = DataLoader(batches, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
     pieces: dict[str, torch.Tensor] = {}
     for position, ids, padded, lengths in loader:
-        pieces.update(_run_batch(upstream, ids, padded, lengths, chosen, DTYPES[dtype], target))
+        pieces.update(_run_batch(upstream, ids, padded, lengths, chosen, DTYPES[dtype], target, bf16))
         shard = plan[todo[position]]
         if all(entry["id"] in pieces for entry in shard):  # the shard's last batch: write it
             number = todo[position]
@@ -268,6 +278,7 @@ def _extract(
         shards=names,
         utterances=utterances,
         seconds=total_seconds,
+        autocast=autocast,
     )
     for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
         (out / stale).unlink()  # shards of an earlier plan for this folder
@@ -319,10 +330,11 @@ def _run_batch(
     layers: list[int],
     dtype: torch.dtype,
     device: torch.device,
+    bf16: bool,
 ) -> dict[str, torch.Tensor]:
     """Each utterance's valid frames of the cached layers, `[L', T, D]`, in the stored type (int8: float32, for the
     shard's quantisation)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.no_grad(), autocast:
         output = upstream(padded.to(device), lengths.to(device))
     states = [output.hidden_states[layer] for layer in layers]

@@ -129,6 +129,8 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-workers", type=int, default=1, help="processes reading audio while the model runs (default 1; 0: none)"
     )
+    parser.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="forward precision: auto (bf16 on a GPU, fp32 on a CPU), bf16 anywhere, fp32")  # fmt: skip
 
 
 @command("extract", "run a frozen upstream once and cache every layer for training and probing", _extract_arguments)
@@ -139,7 +141,7 @@ def extract_features(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     index = extract(args.upstream, args.manifest, args.out, args.layers, args.dtype, args.batch_seconds,
-                    args.shard_seconds, args.device, num_workers=args.num_workers)  # fmt: skip
+                    args.shard_seconds, args.device, num_workers=args.num_workers, autocast=args.autocast)  # fmt: skip
     elapsed = time.perf_counter() - started
     cache = FeatureCache(args.out)
     layers = "all" if len(index.layers) == index.num_layers else ",".join(map(str, index.layers))

@@ -236,3 +236,17 @@ def test_a_trainable_upstream_or_another_upstream_cannot_train_from_the_cache(mi
     other = [*common, "--model.upstream.name", "tiny_wavlm", "--trainer.default_root_dir", str(tmp_path / "b")]
     assert main(other) == 2
     assert "holds features of tiny_hubert" in capsys.readouterr().err
+
+
+def test_bf16_autocast_on_the_cpu_is_an_option_recorded_in_the_index(small, tmp_path):
+    settings = {"dtype": "float32", "batch_seconds": 0.01, "progress": False}
+    extract("tiny_hubert", [small], tmp_path / "fp32", **settings)
+    extract("tiny_hubert", [small], tmp_path / "bf16", autocast="bf16", **settings)
+    exact, half = FeatureCache(tmp_path / "fp32"), FeatureCache(tmp_path / "bf16")
+    assert (exact.index.autocast, half.index.autocast) == ("auto", "bf16")
+    utterance = next(iter(exact.index.utterances))
+    reference, approx = exact.hidden(utterance), half.hidden(utterance)
+    assert not torch.equal(reference, approx)  # the forward really ran in bf16 ...
+    assert float((approx - reference).abs().max() / reference.abs().max()) < 0.05  # ... close to float32
+    with pytest.raises(CacheError, match="autocast must be one of auto, bf16, fp32"):
+        extract("tiny_hubert", [small], tmp_path / "x", autocast="fp8")
