@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from extract_throughput import BASE, base_random  # noqa: E402
+from random_models import BASE, random_upstream  # noqa: E402
 
 from recipes.cache import DTYPES, FeatureCache, extract  # noqa: E402
 from recipes.results import markdown_table  # noqa: E402
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata_dtypes_"))
-    name = base_random(workdir / BASE) if args.upstream == BASE else args.upstream
+    name = random_upstream(args.upstream, workdir)
     caches = {}
     for dtype in ["float32", *sorted(set(DTYPES) - {"float32"})]:
         out = workdir / dtype

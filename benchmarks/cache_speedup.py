@@ -28,23 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from random_models import BASE, random_upstream  # noqa: E402
 
 from recipes.results import markdown_table  # noqa: E402
 
-BASE = "base_random"
 MINI = ROOT / "egs/mini/data/mini/emotion"
-
-
-def base_random(folder: Path) -> str:
-    """A base-sized random-initialised HuBERT saved under `folder` (once): its upstream name."""
-    if not (folder / "config.json").is_file():
-        from transformers import HubertConfig, HubertModel
-
-        torch.manual_seed(0)
-        HubertModel(HubertConfig()).save_pretrained(folder)
-    return f"hf:{folder}"
 
 
 def strata(arguments: list[str], log: Path) -> float:
@@ -72,7 +63,7 @@ def fit(upstream: str, epochs: int, run: Path, args: argparse.Namespace, feature
     options = {"config": args.config, "model.upstream.name": upstream, "data.train": args.train,
                "data.valid": args.valid, "data.num_workers": args.num_workers, "trainer.max_epochs": epochs,
                "trainer.default_root_dir": run, "trainer.enable_progress_bar": "false", "trainer.profiler": "simple",
-               "data.features": features}  # fmt: skip
+               "data.features": features, "trainer.accelerator": "gpu" if args.device == "cuda" else None}  # fmt: skip
     arguments = [str(x) for key, value in options.items() if value is not None for x in (f"--{key}", value)]
     log = run.with_suffix(".log")
     seconds = strata(["fit", *arguments], log)
@@ -109,6 +100,7 @@ def main() -> None:
     parser.add_argument("--valid", default=str(MINI / "valid.jsonl"))
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="the cache's type")
     parser.add_argument("--num-workers", type=int, default=0, help="--data.num_workers of every fit (default 0)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fits and extraction run")
     parser.add_argument("--threads", type=int, help="torch threads, here and in every command (OMP_NUM_THREADS)")
     parser.add_argument("--workdir", help="where caches and runs go; a temporary folder (removed) when omitted")
     args = parser.parse_args()
@@ -126,11 +118,12 @@ def main() -> None:
             Path(entry["audio"]).read_bytes()
     rows, runs = [], {}
     for name in args.upstreams.split(","):
-        upstream = base_random(workdir / BASE) if name == BASE else name
+        upstream = random_upstream(name, workdir)
         cache = workdir / f"cache_{name}"
         shutil.rmtree(cache, ignore_errors=True)
-        extract = strata(["extract", "--upstream", upstream, "--manifest", args.train, args.valid, "--out", str(cache),
-                          "--dtype", args.dtype, "--device", "cpu"], workdir / f"extract_{name}.log")  # fmt: skip
+        command = ["extract", "--upstream", upstream, "--manifest", args.train, args.valid, "--out", str(cache),
+                   "--dtype", args.dtype, "--device", args.device, "--autocast", "fp32"]  # fmt: skip
+        extract = strata(command, workdir / f"extract_{name}.log")
         for n in epochs:
             live = runs[name, n, "live"] = fit(upstream, n, workdir / f"live_{name}_{n}", args)
             cached = runs[name, n, "cached"] = fit(upstream, n, workdir / f"cached_{name}_{n}", args, cache)

@@ -22,13 +22,16 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from transformers import AutoModel, HubertConfig, HubertModel  # noqa: E402
+from random_models import BASE, LABELS, random_upstream  # noqa: E402
+from transformers import AutoModel  # noqa: E402
 
 from recipes.audio import read_audio  # noqa: E402
 from recipes.cache import FeatureCache, extract, plan_shards, upstream_fingerprint  # noqa: E402
@@ -37,16 +40,6 @@ from recipes.results import markdown_table  # noqa: E402
 from upstream import build_upstream  # noqa: E402
 from upstream.base import lengths_to_mask  # noqa: E402
 from upstream.hf import expects_attention_mask  # noqa: E402
-
-BASE = "base_random"
-
-
-def base_random(folder: Path) -> str:
-    """A base-sized random-initialised HuBERT saved under `folder` (once): its upstream name."""
-    if not (folder / "config.json").is_file():
-        torch.manual_seed(0)
-        HubertModel(HubertConfig()).save_pretrained(folder)
-    return f"hf:{folder}"
 
 
 def bare_model(upstream_name: str) -> torch.nn.Module:
@@ -85,47 +78,54 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, default=100.0)
     parser.add_argument("--shard-seconds", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both loops run")
+    parser.add_argument("--autocast", default="fp32", choices=["fp32", "bf16"], help="both loops' precision")
     parser.add_argument("--workdir", help="where the caches (and base_random) go; a temporary folder when omitted")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata_extract_"))
     seconds = sum(float(e["duration"]) for e in read_manifest(args.manifest).entries)
+    kind = torch.device(args.device).type
+    precision = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if args.autocast == "bf16" else nullcontext
     print(
-        f"torch {torch.__version__}, {args.threads} threads; {args.manifest}: {seconds:.0f} s of audio; "
+        f"torch {torch.__version__}, {args.threads} threads, {args.device}, {args.autocast}; "
+        f"{args.manifest}: {seconds:.0f} s of audio; "
         f"median of {args.repeats} interleaved runs\n"
     )
     rows, spread = [], []
     for name in args.upstreams.split(","):
-        upstream_name = base_random(workdir / BASE) if name == BASE else name
-        model = bare_model(upstream_name)
+        upstream_name = random_upstream(name, workdir)
+        model = bare_model(upstream_name).to(args.device)
         use_mask = expects_attention_mask(model.config)
         data = batches(args.manifest, args.batch_seconds, args.shard_seconds)
 
         def bare(model=model, data=data, use_mask=use_mask) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), precision():
                 for wavs, lengths in data:
-                    mask = lengths_to_mask(lengths, wavs.size(1)).long() if use_mask else None
-                    model(wavs, attention_mask=mask, output_hidden_states=True)
+                    mask = lengths_to_mask(lengths, wavs.size(1)).long().to(args.device) if use_mask else None
+                    model(wavs.to(args.device), attention_mask=mask, output_hidden_states=True)
 
         entries = batch_entries(args.manifest, args.batch_seconds, args.shard_seconds)
 
         def bare_reading(model=model, entries=entries, use_mask=use_mask) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), precision():
                 for batch in entries:
                     wavs, lengths = read_batch(batch)
-                    mask = lengths_to_mask(lengths, wavs.size(1)).long() if use_mask else None
-                    model(wavs, attention_mask=mask, output_hidden_states=True)
+                    mask = lengths_to_mask(lengths, wavs.size(1)).long().to(args.device) if use_mask else None
+                    model(wavs.to(args.device), attention_mask=mask, output_hidden_states=True)
 
         def cache(dtype: str, name=name, upstream_name=upstream_name) -> Path:
             out = workdir / f"{name}_{dtype}"
             shutil.rmtree(out, ignore_errors=True)  # a finished cache would be reused, not extracted again
             extract(upstream_name, [args.manifest], out, "all", dtype, args.batch_seconds, args.shard_seconds,
-                    "cpu", progress=False)  # fmt: skip
+                    args.device, progress=False, autocast=args.autocast)  # fmt: skip
             return out
 
         def timed(fn, *fn_args) -> float:
             start = time.perf_counter()
             fn(*fn_args)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             return time.perf_counter() - start
 
         bare(data=data[:1])  # warm-up
@@ -141,7 +141,7 @@ def main() -> None:
         full = FeatureCache(cache("float32")).bytes_per_hour_per_layer() / 2**20
         b, x = statistics.median(bare_times), statistics.median(extract_times)
         r = statistics.median(reading_times)
-        label = "base-sized random HuBERT (12 x 768)" if name == BASE else name
+        label = LABELS.get(name, name)
         rows.append([label, f"{seconds / b:.1f}", f"{seconds / r:.1f}", f"{seconds / x:.1f}", f"{b / x:.3f}",
                      f"{r / x:.3f}", f"{fixed:.1f}", f"{half:.1f}", f"{full:.1f}"])  # fmt: skip
         spread.append(

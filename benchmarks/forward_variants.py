@@ -3,6 +3,7 @@ transformers' default for the families that have it), bf16 autocast, and torch.c
 largest difference from eager float32 over every hidden state (relative to that state's largest magnitude).
 
     python benchmarks/forward_variants.py [--batch 4] [--seconds 10] [--repeats 5] [--threads 2] [--device cpu]
+        [--size base_random|large_random]
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from random_models import CONFIGS, LABELS  # noqa: E402
 from transformers import HubertConfig, HubertModel  # noqa: E402
 
 from recipes.results import markdown_table  # noqa: E402
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="base_random", choices=sorted(CONFIGS), help="the random HuBERT's size")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (minutes to compile on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,7 +56,10 @@ def main() -> None:
     wavs, lengths = noise_batch(args.batch, args.seconds, 16000)
     wavs = wavs.to(device)
     torch.manual_seed(0)
-    models = {name: HubertModel(HubertConfig(attn_implementation=name)).to(device).eval() for name in ("eager", "sdpa")}
+    models = {
+        name: HubertModel(HubertConfig(**CONFIGS[args.size], attn_implementation=name)).to(device).eval()
+        for name in ("eager", "sdpa")
+    }
     models["sdpa"].load_state_dict(models["eager"].state_dict())
 
     def forward(model, autocast=nullcontext):
@@ -74,7 +81,7 @@ def main() -> None:
         drift = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(states, reference, strict=True))
         rows.append([name, f"{seconds * 1000:.0f}", f"{reference_time / seconds:.2f}x", f"{drift:.1e}"])
     audio = float(lengths.sum()) / 16000
-    print(f"base-sized HuBERT (random), {args.batch} clips of {args.seconds / 2:g}-{args.seconds:g} s ({audio:.0f} s), "
+    print(f"{LABELS[args.size]}, {args.batch} clips of {args.seconds / 2:g}-{args.seconds:g} s ({audio:.0f} s), "
           f"{device}, torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")  # fmt: skip
     print(markdown_table(["forward", "ms", "speed vs eager", "max |diff| / max |eager| (any layer)"], rows))
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from . import atomic
 from .atomic import atomic_path
 from .data import Manifest, bucket_batches, crop_start, read_entry, read_manifest, repeat_to, utterance_seconds
+from .distributed import ProcessGroup
 from .locking import FolderLock
 
 INDEX = "index.json"
@@ -192,6 +193,7 @@ def extract(
     progress: bool = True,
     num_workers: int = 1,
     autocast: str = "auto",
+    compile: bool = False,
 ) -> CacheIndex:
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
@@ -200,6 +202,7 @@ def extract(
     batches while the model runs (0: in the main process, between forwards). `autocast`: `auto` runs the model under
     bf16 autocast on a GPU and in float32 on a CPU, `bf16` under bf16 autocast on either (about 2x faster on a CPU
     for a base model, ~2 % drift of each layer's largest value; benchmarks/forward_variants.py), `fp32` never.
+    `compile`: the forward through `torch.compile` (dynamic shapes; worth it on long runs on a GPU).
     Returns the index. One extraction
     writes a folder at a time (`locking.FolderLock`): a second is refused while the first lives; a killed one's lock
     is taken over.
@@ -209,11 +212,23 @@ def extract(
     if autocast not in AUTOCAST:
         raise CacheError(f"autocast must be one of {', '.join(AUTOCAST)}; got {autocast!r}")
     out = Path(out)
-    with FolderLock(out, f"strata extract --upstream {upstream_name}") as lock:
-        if lock.took_over:
-            tqdm.write(f"{out}: the lock of a process that is gone (pid {lock.took_over.get('pid')}) was removed")
-        return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device, progress,
-                        num_workers, autocast)  # fmt: skip
+    with ProcessGroup.from_env() as group:
+        lock = FolderLock(out, f"strata extract --upstream {upstream_name}") if group.is_main else None
+        try:
+            failure = None
+            try:
+                if lock is not None:
+                    lock.acquire()
+            except Exception as error:  # the folder is another job's: every process stops
+                failure = error
+            group.settle(failure)
+            if lock is not None and lock.took_over:
+                tqdm.write(f"{out}: the lock of a process that is gone (pid {lock.took_over.get('pid')}) was removed")
+            return _extract(upstream_name, manifests, out, layers, dtype, batch_seconds, shard_seconds, device,
+                            progress, num_workers, autocast, compile, group)  # fmt: skip
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _extract(
@@ -228,62 +243,102 @@ def _extract(
     progress: bool,
     num_workers: int,
     autocast: str,
+    compile: bool,
+    group: ProcessGroup,
 ) -> CacheIndex:
     from upstream import build_upstream
 
-    parsed = [read_manifest(path) for path in manifests]
-    entries = _utterances(parsed)
-    if not entries:
-        raise CacheError("the manifests have no utterances to extract")
-    target = resolve_device(device)
-    upstream = build_upstream(upstream_name).to(target).eval()
-    chosen = parse_layers(layers, upstream.num_layers)
-    fingerprint = upstream_fingerprint(upstream)
-    bf16 = autocast == "bf16" or (autocast == "auto" and target.type == "cuda")
-    settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|{'bf16' if bf16 else 'fp32'}|"
-    plan = plan_shards(entries, shard_seconds)
-    names = [f"shard_{number:05d}.safetensors" for number in range(len(plan))]
-    keys = [_shard_key(shard, settings) for shard in plan]
-    offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
-    todo = [number for number, found in offsets.items() if found is None]  # the shards a killed run did not finish
-    total_seconds = sum(float(e["duration"]) for e in entries)
-    bar = tqdm(total=len(entries), unit="utt", desc=f"extracting {upstream_name}", disable=not progress)
-    bar.update(sum(len(plan[number]) for number in offsets if number not in todo))
+    failure = None
+    try:  # the same in every process: the inputs, the model, the plan and what a killed run left
+        parsed = [read_manifest(path) for path in manifests]
+        entries = _utterances(parsed)
+        if not entries:
+            raise CacheError("the manifests have no utterances to extract")
+        target = group.device(device)
+        upstream = build_upstream(upstream_name).to(target).eval()
+        forward = torch.compile(upstream, dynamic=True) if compile else upstream
+        chosen = parse_layers(layers, upstream.num_layers)
+        fingerprint = upstream_fingerprint(upstream)
+        bf16 = autocast == "bf16" or (autocast == "auto" and target.type == "cuda")
+        settings = f"{upstream_name}|{fingerprint}|{chosen}|{dtype}|{'bf16' if bf16 else 'fp32'}|"
+        plan = plan_shards(entries, shard_seconds)
+        names = [f"shard_{number:05d}.safetensors" for number in range(len(plan))]
+        keys = [_shard_key(shard, settings) for shard in plan]
+        offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
+        todo = [number for number, found in offsets.items() if found is None]  # what a killed run did not finish
+    except Exception as error:
+        failure = error
+    group.settle(failure)  # every process has read the folder before any writes to it
+    if group.is_main and progress and len(todo) < len(plan):
+        tqdm.write(f"{out}: {len(plan) - len(todo)} of {len(plan)} shards were already written; extracting the rest")
+    mine = todo[group.rank :: group.size]  # disjoint: process r writes every size-th unfinished shard
+    failure = None
+    try:
+        where = f" (process 1 of {group.size})" if group.size > 1 else ""
+        _extract_shards(upstream, forward, [plan[n] for n in mine], [out / names[n] for n in mine],
+                        [keys[n] for n in mine], chosen, DTYPES[dtype], target, bf16, batch_seconds, num_workers,
+                        progress and group.is_main, f"extracting {upstream_name}{where}")  # fmt: skip
+    except Exception as error:
+        failure = error
+    group.settle(failure)  # all shards are on disk (or every process raises)
+    if group.is_main:
+        offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
+        missing = [names[number] for number, found in offsets.items() if found is None]
+        if missing:
+            raise CacheError(f"{out}: shards {missing} were not written")
+        utterances = {entry["id"]: [number, *offsets[number][entry["id"]]] for number, shard in enumerate(plan)
+                      for entry in shard}  # fmt: skip
+        index = CacheIndex(
+            upstream=upstream_name,
+            fingerprint=fingerprint,
+            num_layers=upstream.num_layers,
+            hidden_size=upstream.hidden_size,
+            frame_rate=upstream.frame_rate,
+            layers=chosen,
+            dtype=dtype,
+            manifests={os.path.abspath(m.path): file_sha256(m.path) for m in parsed},
+            shards=names,
+            utterances=utterances,
+            seconds=sum(float(e["duration"]) for e in entries),
+            autocast=autocast,
+        )
+        for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
+            (out / stale).unlink()  # shards of an earlier plan for this folder
+        index.write(out)
+    group.settle(None)  # the index is written
+    return CacheIndex.read(out)
+
+
+def _extract_shards(
+    upstream: torch.nn.Module,
+    forward: torch.nn.Module,
+    shards: list[list[dict[str, Any]]],
+    paths: list[Path],
+    keys: list[str],
+    layers: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    bf16: bool,
+    batch_seconds: float,
+    num_workers: int,
+    progress: bool,
+    description: str,
+) -> None:
+    """Run `forward` (the upstream, or its compiled form) on `shards` and write them, each as its last batch arrives."""
+    bar = tqdm(total=sum(len(shard) for shard in shards), unit="utt", desc=description, disable=not progress)
     started, done_seconds = time.perf_counter(), 0.0
-    batches = ShardBatches([plan[number] for number in todo], batch_seconds, upstream.sample_rate, upstream.min_samples)
+    batches = ShardBatches(shards, batch_seconds, upstream.sample_rate, upstream.min_samples)
     loader = DataLoader(batches, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
     pieces: dict[str, torch.Tensor] = {}
     for position, ids, padded, lengths in loader:
-        pieces.update(_run_batch(upstream, ids, padded, lengths, chosen, DTYPES[dtype], target, bf16))
-        shard = plan[todo[position]]
+        pieces.update(_run_batch(forward, ids, padded, lengths, layers, dtype, device, bf16))
+        shard = shards[position]
         if all(entry["id"] in pieces for entry in shard):  # the shard's last batch: write it
-            number = todo[position]
-            offsets[number] = _save_shard([pieces.pop(e["id"]) for e in shard], shard, out / names[number],
-                                          keys[number], DTYPES[dtype])  # fmt: skip
+            _save_shard([pieces.pop(e["id"]) for e in shard], shard, paths[position], keys[position], dtype)
             done_seconds += sum(float(e["duration"]) for e in shard)
             bar.update(len(shard))
             bar.set_postfix_str(f"{done_seconds / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
-    utterances = {entry["id"]: [number, *offsets[number][entry["id"]]] for number, shard in enumerate(plan)
-                  for entry in shard}  # fmt: skip
     bar.close()
-    index = CacheIndex(
-        upstream=upstream_name,
-        fingerprint=fingerprint,
-        num_layers=upstream.num_layers,
-        hidden_size=upstream.hidden_size,
-        frame_rate=upstream.frame_rate,
-        layers=chosen,
-        dtype=dtype,
-        manifests={os.path.abspath(m.path): file_sha256(m.path) for m in parsed},
-        shards=names,
-        utterances=utterances,
-        seconds=total_seconds,
-        autocast=autocast,
-    )
-    for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
-        (out / stale).unlink()  # shards of an earlier plan for this folder
-    index.write(out)
-    return index
 
 
 def _read_offsets(path: Path, key: str) -> dict[str, tuple[int, int]] | None:

@@ -131,18 +131,28 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp32"],
                         help="forward precision: auto (bf16 on a GPU, fp32 on a CPU), bf16 anywhere, fp32")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="run the upstream through torch.compile")
 
 
-@command("extract", "run a frozen upstream once and cache every layer for training and probing", _extract_arguments)
+@command(
+    "extract",
+    "run a frozen upstream once and cache every layer for training and probing; under torchrun, N processes split "
+    "the shards",
+    _extract_arguments,
+)
 def extract_features(args: argparse.Namespace) -> None:
     import time
 
     from .cache import FeatureCache, extract
+    from .distributed import ProcessGroup
 
     started = time.perf_counter()
     index = extract(args.upstream, args.manifest, args.out, args.layers, args.dtype, args.batch_seconds,
-                    args.shard_seconds, args.device, num_workers=args.num_workers, autocast=args.autocast)  # fmt: skip
+                    args.shard_seconds, args.device, num_workers=args.num_workers, autocast=args.autocast,
+                    compile=args.compile)  # fmt: skip
     elapsed = time.perf_counter() - started
+    if not ProcessGroup.from_env().is_main:
+        return  # under torchrun: the first process reports for all
     cache = FeatureCache(args.out)
     layers = "all" if len(index.layers) == index.num_layers else ",".join(map(str, index.layers))
     print(
@@ -554,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in ("env", "run-dir"):
         from upstream import UpstreamLoadError
 
-        user_errors += (UpstreamLoadError,)
+        from .distributed import PeerFailed
+
+        user_errors += (UpstreamLoadError, PeerFailed)  # PeerFailed: another process's error, reported by it
     try:
         run_command()
     except user_errors as error:
