@@ -34,7 +34,7 @@ def step(model: torch.nn.Module, clips: int, samples: int, train: bool, bf16: bo
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    with precision, (nullcontext() if train else torch.no_grad()):
+    with precision, nullcontext() if train else torch.no_grad():
         states = model(wavs, output_hidden_states=True).hidden_states
         if train:
             sum(state.float().pow(2).mean() for state in states).backward()
