@@ -113,7 +113,7 @@ class CacheIndex:
     shards: list[str]
     utterances: dict[str, list[int]]  # id -> [shard, offset, frames]
     seconds: float = 0.0  # audio extracted
-    autocast: str = "auto"  # the forward's precision: auto (bf16 on a GPU), bf16 or fp32
+    autocast: str = "auto"  # the forward's precision: bf16 or fp32 ("auto" in older indexes: bf16 on a GPU)
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -281,31 +281,35 @@ def _extract(
     except Exception as error:
         failure = error
     group.settle(failure)  # all shards are on disk (or every process raises)
+    failure = None
     if group.is_main:
-        offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
-        missing = [names[number] for number, found in offsets.items() if found is None]
-        if missing:
-            raise CacheError(f"{out}: shards {missing} were not written")
-        utterances = {entry["id"]: [number, *offsets[number][entry["id"]]] for number, shard in enumerate(plan)
-                      for entry in shard}  # fmt: skip
-        index = CacheIndex(
-            upstream=upstream_name,
-            fingerprint=fingerprint,
-            num_layers=upstream.num_layers,
-            hidden_size=upstream.hidden_size,
-            frame_rate=upstream.frame_rate,
-            layers=chosen,
-            dtype=dtype,
-            manifests={os.path.abspath(m.path): file_sha256(m.path) for m in parsed},
-            shards=names,
-            utterances=utterances,
-            seconds=sum(float(e["duration"]) for e in entries),
-            autocast=autocast,
-        )
-        for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
-            (out / stale).unlink()  # shards of an earlier plan for this folder
-        index.write(out)
-    group.settle(None)  # the index is written
+        try:
+            offsets = {number: _read_offsets(out / names[number], keys[number]) for number in range(len(plan))}
+            missing = [names[number] for number, found in offsets.items() if found is None]
+            if missing:
+                raise CacheError(f"{out}: shards {missing} were not written")
+            utterances = {entry["id"]: [number, *offsets[number][entry["id"]]] for number, shard in enumerate(plan)
+                          for entry in shard}  # fmt: skip
+            index = CacheIndex(
+                upstream=upstream_name,
+                fingerprint=fingerprint,
+                num_layers=upstream.num_layers,
+                hidden_size=upstream.hidden_size,
+                frame_rate=upstream.frame_rate,
+                layers=chosen,
+                dtype=dtype,
+                manifests={os.path.abspath(m.path): file_sha256(m.path) for m in parsed},
+                shards=names,
+                utterances=utterances,
+                seconds=sum(float(e["duration"]) for e in entries),
+                autocast="bf16" if bf16 else "fp32",
+            )
+            for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
+                (out / stale).unlink()  # shards of an earlier plan for this folder
+            index.write(out)
+        except Exception as error:
+            failure = error
+    group.settle(failure)  # the index is written
     return CacheIndex.read(out)
 
 
