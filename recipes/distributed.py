@@ -52,9 +52,12 @@ class ProcessGroup:
             self._joined = False
 
     def device(self, name: str) -> torch.device:
-        """`auto`: this process's GPU (LOCAL_RANK) when there are GPUs, else the CPU; any other name as given."""
+        """`auto`: this process's GPU (LOCAL_RANK) when there are GPUs, else the CPU; `cuda` without an index: this
+        process's GPU too (so N processes do not share GPU 0); any other name as given."""
         if name == "auto":
-            return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cuda":
+            return torch.device(f"cuda:{self.local_rank}")
         return torch.device(name)
 
     def share(self, value: Any) -> Any:
