@@ -18,6 +18,7 @@ from upstream.names import as_config
 from . import runs
 from .cache import upstream_fingerprint
 from .evaluation import SplitEvaluation
+from .frozen import leave_out, put_back
 from .nonfinite import checked_loss
 from .optim import with_linear_warmup
 from .results import Results
@@ -197,28 +198,23 @@ class SSLTaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A frozen upstream is rebuilt from its source on load: the checkpoint keeps its name and fingerprint, not
         its weights (361 MiB of every checkpoint of a base model). A trainable upstream's weights stay in."""
-        if not self.upstream_frozen:
-            return
-        state = checkpoint["state_dict"]
-        for key in [key for key in state if key.startswith("upstream.")]:
-            del state[key]
-        checkpoint[FROZEN_UPSTREAM_KEY] = {"name": self.upstream_config.name, "fingerprint": self.upstream_fingerprint}
+        if self.upstream_frozen:
+            leave_out(checkpoint, "upstream", FROZEN_UPSTREAM_KEY, self.upstream_config.name, self.upstream_fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any], where: str = "the checkpoint") -> None:
         """Put the rebuilt frozen upstream's weights back into a checkpoint that left them out, once its
         fingerprint shows it is the model the checkpoint was trained on (Lightning loads the state dict next)."""
-        saved = checkpoint.get(FROZEN_UPSTREAM_KEY)
-        if saved is None:  # the upstream's weights are in the checkpoint
-            return
-        current = self.upstream_fingerprint
-        if saved["fingerprint"] != current:
-            raise ValueError(
+
+        def mismatch(saved: dict[str, str], current: str) -> str:
+            return (
                 f"{where} was trained on the frozen upstream {saved['name']!r} (weights {saved['fingerprint']}), "
                 f"which it does not store; {self.upstream_config.name!r} now loads other weights ({current}). "
                 "Load it with the same upstream source and files it was trained with"
             )
-        state = checkpoint["state_dict"]
-        state.update({f"upstream.{key}": value for key, value in self.upstream.state_dict().items()})
+
+        put_back(
+            checkpoint, "upstream", FROZEN_UPSTREAM_KEY, self.upstream, lambda: self.upstream_fingerprint, mismatch
+        )
 
     def features(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`wavs [B, S]`, `wav_lengths [B]` -> what the head reads: `features [B, T, D]` and `lengths [B]`."""

@@ -27,6 +27,7 @@ from upstream.hf import FAMILIES, HFUpstream
 
 from ..cache import CacheError, FeatureCache, upstream_fingerprint
 from ..data import AudioDataset, Manifest, PadCollate, read_manifest
+from ..frozen import leave_out, put_back
 from .data import HUBERT_CROP_SECONDS, BucketedAudioData
 from .module import PretrainingModule
 
@@ -205,24 +206,19 @@ class DistillModule(PretrainingModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The teacher is rebuilt from its name on load: the checkpoint keeps its name and fingerprint only."""
-        state = checkpoint["state_dict"]
-        for key in [key for key in state if key.startswith("teacher.")]:
-            del state[key]
-        checkpoint[TEACHER_KEY] = {"name": self.teacher_name, "fingerprint": self.teacher_fingerprint}
+        leave_out(checkpoint, "teacher", TEACHER_KEY, self.teacher_name, self.teacher_fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt teacher's weights back, once its fingerprint shows it is the one the run distilled."""
-        saved = checkpoint.get(TEACHER_KEY)
-        if saved is None:
-            return
-        if saved["fingerprint"] != self.teacher_fingerprint:
-            raise ValueError(
+
+        def mismatch(saved: dict[str, str], current: str) -> str:
+            return (
                 f"the checkpoint distilled the teacher {saved['name']!r} (weights {saved['fingerprint']}), which it "
-                f"does not store; {self.teacher_name!r} now loads other weights ({self.teacher_fingerprint}). "
+                f"does not store; {self.teacher_name!r} now loads other weights ({current}). "
                 "Resume with the teacher source and files the run started with"
             )
-        state = checkpoint["state_dict"]
-        state.update({f"teacher.{key}": value for key, value in self.teacher.state_dict().items()})
+
+        put_back(checkpoint, "teacher", TEACHER_KEY, self.teacher, lambda: self.teacher_fingerprint, mismatch)
 
     def save_upstream(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """The student as a transformers directory (weights, config, feature-extractor settings) that
