@@ -34,8 +34,8 @@ class FeatureNorm(nn.Module):
         n = frames.size(0)
         if n == 0:
             return
-        batch_mean = frames.mean(0)
-        batch_sum_squares = (frames - batch_mean).pow(2).sum(0)
+        batch_var, batch_mean = torch.var_mean(frames, dim=0, correction=0)
+        batch_sum_squares = batch_var * n
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
@@ -54,4 +54,5 @@ class FeatureNorm(nn.Module):
         if self.count == 0:
             return features  # nothing seen yet (e.g. Lightning's sanity validation before training)
         mean, std = self.mean.to(features.dtype), (self.var + self.eps).sqrt().to(features.dtype)
-        return torch.where(mask, (features - mean) / std, torch.zeros_like(features))
+        # One new tensor, filled in place (sub's and div's gradients need neither their inputs nor their outputs).
+        return features.sub(mean).div_(std).masked_fill_(~mask, 0.0)

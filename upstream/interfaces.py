@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,14 +46,25 @@ class Interface(nn.Module):
     def combine(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def combine_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """`combine` for states that arrive as one tensor `[L+1, B, T, D]`, maybe in a narrower type than the
+        interface's (cached batches come as the cache stores them, float16 by default): by default the layer views
+        in float32; an interface that can read the whole block at once overrides it."""
+        return self.combine(list(stacked.float().unbind(0)))
+
     def forward(
-        self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...], lengths: torch.Tensor
+        self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...] | torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
+        """`hidden_states`: L+1 tensors `[B, T, D]`, or one `[L+1, B, T, D]` tensor."""
         if len(hidden_states) != self.num_layers:
             raise ValueError(
                 f"{self.name} interface was built for {self.num_layers} hidden states, got {len(hidden_states)}"
             )
-        features = self.project(self.combine(list(hidden_states)))
+        if isinstance(hidden_states, torch.Tensor):
+            combined = self.combine_stacked(hidden_states)
+        else:
+            combined = self.combine(list(hidden_states))
+        features = self.project(combined)
         mask = lengths_to_mask(lengths.to(features.device), features.size(1))
         return features * mask[..., None].to(features.dtype)
 
@@ -92,6 +105,49 @@ def weighted_sum(weights: torch.Tensor, hidden_states: list[torch.Tensor], norma
     return total
 
 
+class _BlockWeightedSum(torch.autograd.Function):
+    """`weights [L] @ block [L, N]` for a block stored in a narrower type than the weights: chunks of columns are
+    converted to the weights' type in one buffer that stays in the CPU cache, forward and for the weights' gradient,
+    so the block is never copied whole in float32 (it is frozen: only the weights get a gradient)."""
+
+    CHUNK = 1 << 15  # columns: 13 layers x 32,768 x 4 bytes, about 1.6 MiB
+
+    @staticmethod
+    def chunks(block: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(columns, `block[:, columns]` in `dtype`) chunk by chunk, each written into the same buffer."""
+        width = min(block.size(1), _BlockWeightedSum.CHUNK)
+        buffer = torch.empty(block.size(0), width, dtype=dtype, device=block.device)
+        for start in range(0, block.size(1), width):
+            columns = slice(start, min(start + width, block.size(1)))
+            chunk = buffer[:, : columns.stop - start]
+            yield columns, chunk.copy_(block[:, columns])
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(block)
+        out = weights.new_empty(block.size(1))
+        for columns, chunk in _BlockWeightedSum.chunks(block, weights.dtype):
+            torch.mv(chunk.t(), weights, out=out[columns])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (block,) = ctx.saved_tensors
+        weights_grad = grad.new_zeros(block.size(0))
+        for columns, chunk in _BlockWeightedSum.chunks(block, grad.dtype):
+            weights_grad += torch.mv(chunk, grad[columns])
+        return weights_grad, None
+
+
+def block_weighted_sum(weights: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """`sum_i weights[i] * block[i]` over a `[L, N]` block of frozen states, in the weights' type: one pass over the
+    block forward and one for the weights' gradient (the running sum of `weighted_sum` writes a product and a new
+    total per layer; on a cached epoch that is most of the time)."""
+    if block.dtype == weights.dtype or block.requires_grad:
+        return torch.matmul(weights, block.to(weights.dtype))
+    return _BlockWeightedSum.apply(weights, block)
+
+
 @register("weighted_sum")
 class WeightedSum(Interface):
     """SUPERB's featurizer: softmax(w) over layers, w initialised to zero (a plain mean at the start), optionally
@@ -109,8 +165,11 @@ class WeightedSum(Interface):
     def combine(self, hidden_states):
         return weighted_sum(self.layer_weights(), hidden_states, self.normalize)
 
-    def extra_repr(self) -> str:
-        return f"num_layers={self.num_layers}, normalize={self.normalize}"
+    def combine_stacked(self, stacked):
+        if self.normalize:
+            return super().combine_stacked(stacked)
+        layers, *shape = stacked.shape
+        return block_weighted_sum(self.layer_weights(), stacked.reshape(layers, -1)).view(shape)
 
 
 @register("concat")
