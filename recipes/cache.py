@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ FORMAT = "strata-feature-cache/1"
 # magnitude in the shard / 127), rounded; a quarter of float32's disk, read back as float32 times the scale.
 AUTOCAST = ("auto", "bf16", "fp32")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
+# Padded audio per batch when none is given. A GPU wants large batches; on a CPU the convolutional front end's
+# activations of a 100 s batch (655 MB per layer for a base model) no longer stay in cache and are page-faulted
+# anew every batch: 20 s batches extract 1.2x faster there (benchmarks/README.md, extraction batch size).
+DEFAULT_BATCH_SECONDS = {"cuda": 100.0, "cpu": 20.0}
 
 
 class CacheError(ValueError):
@@ -187,7 +192,7 @@ def extract(
     out: str | Path,
     layers: str | Sequence[int] = "all",
     dtype: str = "float16",
-    batch_seconds: float = 100.0,
+    batch_seconds: float | None = None,
     shard_seconds: float = 600.0,
     device: str = "auto",
     progress: bool = True,
@@ -197,7 +202,8 @@ def extract(
 ) -> CacheIndex:
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
-    Batches are length-bucketed (`batch_seconds` of padded audio), run without autograd, under bf16 autocast on a
+    Batches are length-bucketed (`batch_seconds` of padded audio; by default 100 on a GPU, 20 elsewhere: see
+    `DEFAULT_BATCH_SECONDS`), run without autograd, under bf16 autocast on a
     GPU; the stored values are cast to `dtype`. `num_workers` DataLoader processes read, resample and pad the next
     batches while the model runs (0: in the main process, between forwards). `autocast`: `auto` runs the model under
     bf16 autocast on a GPU and in float32 on a CPU, `bf16` under bf16 autocast on either (about 2x faster on a CPU
@@ -237,7 +243,7 @@ def _extract(
     out: Path,
     layers: str | Sequence[int],
     dtype: str,
-    batch_seconds: float,
+    batch_seconds: float | None,
     shard_seconds: float,
     device: str,
     progress: bool,
@@ -255,6 +261,8 @@ def _extract(
         if not entries:
             raise CacheError("the manifests have no utterances to extract")
         target = group.device(device)
+        if batch_seconds is None:
+            batch_seconds = DEFAULT_BATCH_SECONDS.get(target.type, DEFAULT_BATCH_SECONDS["cpu"])
         upstream = build_upstream(upstream_name).to(target).eval()
         forward = torch.compile(upstream, dynamic=True) if compile else upstream
         chosen = parse_layers(layers, upstream.num_layers)
@@ -328,20 +336,35 @@ def _extract_shards(
     progress: bool,
     description: str,
 ) -> None:
-    """Run `forward` (the upstream, or its compiled form) on `shards` and write them, each as its last batch arrives."""
+    """Run `forward` (the upstream, or its compiled form) on `shards` and write them, each as its last batch arrives.
+
+    A shard is written by a thread while the model runs on the next one's batches (the write of a base model's 600 s
+    shard takes about a second on its own); one write at a time, so at most two shards are held in memory."""
     bar = tqdm(total=sum(len(shard) for shard in shards), unit="utt", desc=description, disable=not progress)
     started, done_seconds = time.perf_counter(), 0.0
     batches = ShardBatches(shards, batch_seconds, upstream.sample_rate, upstream.min_samples)
     loader = DataLoader(batches, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
     pieces: dict[str, torch.Tensor] = {}
-    for position, ids, padded, lengths in loader:
-        pieces.update(_run_batch(forward, ids, padded, lengths, layers, dtype, device, bf16))
-        shard = shards[position]
-        if all(entry["id"] in pieces for entry in shard):  # the shard's last batch: write it
-            _save_shard([pieces.pop(e["id"]) for e in shard], shard, paths[position], keys[position], dtype)
-            done_seconds += sum(float(e["duration"]) for e in shard)
-            bar.update(len(shard))
-            bar.set_postfix_str(f"{done_seconds / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
+    writing: Future | None = None
+
+    def written(shard: list[dict[str, Any]]) -> None:
+        nonlocal done_seconds
+        done_seconds += sum(float(e["duration"]) for e in shard)
+        bar.update(len(shard))
+        bar.set_postfix_str(f"{done_seconds / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-shard-writer") as writer:
+        for position, ids, padded, lengths in loader:
+            pieces.update(_run_batch(forward, ids, padded, lengths, layers, dtype, device, bf16))
+            shard = shards[position]
+            if all(entry["id"] in pieces for entry in shard):  # the shard's last batch: write it
+                if writing is not None:
+                    writing.result()  # the previous shard is on disk (or its error is raised here)
+                shard_pieces = [pieces.pop(e["id"]) for e in shard]
+                writing = writer.submit(_save_shard, shard_pieces, shard, paths[position], keys[position], dtype)
+                writing.add_done_callback(lambda done, shard=shard: done.exception() is None and written(shard))
+        if writing is not None:
+            writing.result()
     bar.close()
 
 

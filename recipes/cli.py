@@ -123,7 +123,8 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default="all", help="all (default) or hidden-state indices, e.g. 0,4,8")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32", "int8"],
                         help="stored type; int8: per-channel scales, a quarter of float32's disk")  # fmt: skip
-    parser.add_argument("--batch-seconds", type=float, default=100.0, help="padded audio per batch (default 100)")
+    parser.add_argument("--batch-seconds", type=float,
+                        help="padded audio per batch (default: 100 on a GPU, 20 on a CPU)")  # fmt: skip
     parser.add_argument("--shard-seconds", type=float, default=600.0, help="audio per shard file (default 600)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
     parser.add_argument(

@@ -16,7 +16,15 @@ import torch
 from training import first_step_loss
 
 from recipes.audio import read_audio
-from recipes.cache import CachedFeatureDataset, CacheError, FeatureCache, extract, parse_layers, upstream_fingerprint
+from recipes.cache import (
+    CachedFeatureDataset,
+    CacheError,
+    FeatureCache,
+    FeatureCollate,
+    extract,
+    parse_layers,
+    upstream_fingerprint,
+)
 from recipes.data import AudioDataset, read_manifest, write_jsonl
 from recipes.locking import LOCK
 from recipes.tasks import SpeakerIdTask
@@ -64,6 +72,25 @@ def test_fp32_cache_equals_the_upstream_run_on_each_utterance_and_fp16_is_close(
         assert torch.equal(exact.hidden(entry["id"], 2, 5), expected[:, 2:5])
 
 
+def test_cached_batches_are_one_block_in_the_stored_type_padded_with_zeros(small, tmp_path):
+    """A float16 cache is batched as float16 (half the bytes per epoch); int8 comes scaled, in float32."""
+    for dtype, stored in [("float16", torch.float16), ("int8", torch.float32)]:
+        extract("tiny_hubert", [small], tmp_path / dtype, dtype=dtype, progress=False)
+        cache = FeatureCache(tmp_path / dtype)
+        dataset = CachedFeatureDataset(read_manifest(small), cache, targets=list(range(12)))
+        items = [dataset[i] for i in (0, 5, 9)]
+        batch = FeatureCollate()(items)
+        block, lengths = batch["hidden_states"], batch["lengths"]
+        assert block.dtype == stored and block.shape[:2] == (cache.index.num_layers, 3)
+        assert (
+            batch["targets"].tolist() == [0, 5, 9] and lengths.max() == block.size(2) and lengths.min() < lengths.max()
+        )
+        for row, item in enumerate(items):
+            frames = int(lengths[row])
+            assert torch.equal(block[:, row, :frames].float(), cache.hidden(item["id"]))
+            assert torch.all(block[:, row, frames:] == 0)
+
+
 def test_an_int8_cache_is_a_quarter_of_fp32_within_half_a_step_of_each_channels_scale(small, tmp_path):
     settings = {"batch_seconds": 0.01, "shard_seconds": 5, "progress": False}
     extract("tiny_hubert", [small], tmp_path / "fp32", dtype="float32", **settings)
@@ -81,6 +108,48 @@ def test_an_int8_cache_is_a_quarter_of_fp32_within_half_a_step_of_each_channels_
         errors.append((approx - reference).pow(2).sum())
         norms.append(reference.pow(2).sum())
     assert float((sum(errors) / sum(norms)).sqrt()) < 0.01  # relative RMS error under 1 %
+
+
+def test_a_shard_write_that_fails_in_the_writer_thread_stops_the_extraction_and_keeps_the_shards_before(
+    small, tmp_path, monkeypatch
+):
+    """Shards are written by a thread while the model runs on: its error still stops the run, and a rerun writes
+    only what is missing."""
+    import recipes.cache as cache_module
+
+    save, calls = cache_module.save_file, []
+
+    def failing_third(tensors, path, metadata):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(f"No space left on device: {path}")
+        save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(cache_module, "save_file", failing_third)
+    out, settings = tmp_path / "cache", {"dtype": "float32", "shard_seconds": 5, "progress": False}
+    with pytest.raises(OSError, match="No space left"):
+        extract("tiny_hubert", [small], out, **settings)
+    kept = sorted(p.name for p in out.glob("shard_*.safetensors"))
+    assert len(kept) >= 2 and "shard_00002.safetensors" not in kept and not (out / "index.json").exists()
+    monkeypatch.setattr(cache_module, "save_file", save)
+    index = extract("tiny_hubert", [small], out, **settings)
+    assert len(index.utterances) == 12 and len(index.shards) > 3
+
+
+def test_the_default_batch_is_20_seconds_of_audio_on_a_cpu(small, tmp_path, monkeypatch):
+    import recipes.cache as cache_module
+
+    seen = []
+    original = cache_module.ShardBatches
+
+    def recording(shards, batch_seconds, *args):
+        seen.append(batch_seconds)
+        return original(shards, batch_seconds, *args)
+
+    monkeypatch.setattr(cache_module, "ShardBatches", recording)
+    extract("tiny_hubert", [small], tmp_path / "cache", device="cpu", progress=False)
+    extract("tiny_hubert", [small], tmp_path / "other", device="cpu", batch_seconds=7, progress=False)
+    assert seen == [cache_module.DEFAULT_BATCH_SECONDS["cpu"], 7] and seen[0] == 20
 
 
 def test_a_killed_extraction_resumes_from_its_finished_shards_into_the_same_index(mini_corpus, tmp_path):

@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from upstream import build_upstream
-from upstream.interfaces import INTERFACES, build_interface, group_sizes, hconv_depth
+from upstream.interfaces import (
+    INTERFACES,
+    _BlockWeightedSum,
+    block_weighted_sum,
+    build_interface,
+    group_sizes,
+    hconv_depth,
+    weighted_sum,
+)
 
 
 def states(num_layers=5, batch=2, frames=7, dim=16, seed=0):
@@ -134,6 +142,44 @@ def test_every_interface_trains_all_its_parameters(name):
     (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
     for parameter_name, parameter in interface.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
+
+
+@pytest.mark.parametrize("name", sorted(INTERFACES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_interface_takes_one_stacked_block_as_it_takes_the_layers(name, dtype):
+    """Cached batches come as one [L+1, B, T, D] block in the cache's type: the same output and gradients as the
+    layers in float32."""
+    interface = build_interface(name, 5, 16, output_size=8)
+    hidden = [state.to(dtype).float() for state in states()]  # values a float16 cache can hold exactly
+    direction = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(1))
+    outputs, grads = [], []
+    for given in (hidden, torch.stack(hidden).to(dtype)):
+        interface.zero_grad()
+        out = interface(given, LENGTHS)
+        (out * direction).sum().backward()
+        outputs.append(out.detach())
+        grads.append({k: p.grad.clone() for k, p in interface.named_parameters()})
+    assert outputs[1].dtype == torch.float32
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5
+    for key, grad in grads[0].items():
+        assert (grad - grads[1][key]).abs().max() < 1e-5 * max(1.0, grad.abs().max().item()), key
+
+
+@pytest.mark.parametrize("columns", [1, _BlockWeightedSum.CHUNK, 2 * _BlockWeightedSum.CHUNK + 3])
+def test_block_weighted_sum_in_chunks_matches_the_running_sum_and_its_weight_gradient(columns):
+    generator = torch.Generator().manual_seed(2)
+    block = torch.randn(13, columns, generator=generator).half()
+    direction = torch.randn(columns, generator=generator)
+    results = []
+    for combine in (lambda w: block_weighted_sum(w, block), lambda w: weighted_sum(w, list(block.float()), False)):
+        weights = torch.randn(13, generator=torch.Generator().manual_seed(3)).softmax(0).requires_grad_()
+        out = combine(weights)
+        (out * direction).sum().backward()
+        results.append((out.detach(), weights.grad))
+    (out, grad), (reference, reference_grad) = results
+    assert out.dtype == torch.float32
+    assert (out - reference).abs().max() < 1e-5
+    assert (grad - reference_grad).abs().max() < 1e-4 * reference_grad.abs().max()
 
 
 @pytest.mark.parametrize(
