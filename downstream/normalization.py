@@ -34,8 +34,8 @@ class FeatureNorm(nn.Module):
         n = frames.size(0)
         if n == 0:
             return
-        batch_var, batch_mean = torch.var_mean(frames, dim=0, correction=0)
-        batch_sum_squares = batch_var * n
+        batch_mean = frames.mean(0)
+        batch_sum_squares = frames.sub_(batch_mean).pow_(2).sum(0)  # in place: `frames` is this batch's own copy
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
