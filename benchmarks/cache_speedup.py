@@ -38,12 +38,17 @@ from recipes.results import markdown_table  # noqa: E402
 MINI = ROOT / "egs/mini/data/mini/emotion"
 
 
+# Every command as a user's Python runs it: with its bytecode cached (written by the warm-up command). A sandbox
+# that sets PYTHONDONTWRITEBYTECODE would otherwise compile strata's modules from source in every command.
+ENVIRONMENT = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+
+
 def strata(arguments: list[str], log: Path) -> float:
     """Wall time of `python -m recipes.cli ARGUMENTS` (output to `log`); exits with the log's tail if it fails."""
     start = time.perf_counter()
     with open(log, "w") as handle:
         done = subprocess.run([sys.executable, "-m", "recipes.cli", *arguments], cwd=ROOT, stdout=handle,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+                              stderr=subprocess.STDOUT, env=ENVIRONMENT)  # fmt: skip
     elapsed = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"strata {' '.join(arguments)} failed:\n" + "".join(log.read_text().splitlines(True)[-20:]))
@@ -106,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     epochs = [int(n) for n in args.epochs.split(",")]
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        ENVIRONMENT["OMP_NUM_THREADS"] = ENVIRONMENT["MKL_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata_cache_speedup_"))
     workdir.mkdir(parents=True, exist_ok=True)
