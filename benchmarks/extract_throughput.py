@@ -34,7 +34,7 @@ from random_models import BASE, LABELS, random_upstream  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 from recipes.audio import read_audio  # noqa: E402
-from recipes.cache import FeatureCache, extract, plan_shards, upstream_fingerprint  # noqa: E402
+from recipes.cache import DEFAULT_BATCH_SECONDS, FeatureCache, extract, plan_shards, upstream_fingerprint  # noqa: E402
 from recipes.data import bucket_batches, read_manifest  # noqa: E402
 from recipes.results import markdown_table  # noqa: E402
 from upstream import build_upstream  # noqa: E402
@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--manifest", default=str(ROOT / "egs/mini/data/mini/emotion/train.jsonl"))
     parser.add_argument("--upstreams", default=f"{BASE},tiny_hubert", help=f"comma-separated; {BASE} or strata names")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved bare / extract runs; the median is shown")
-    parser.add_argument("--batch-seconds", type=float, default=100.0)
+    parser.add_argument("--batch-seconds", type=float, default=DEFAULT_BATCH_SECONDS["cpu"],
+                        help="both sides' padded audio per batch (default: extract's on a CPU, 20)")  # fmt: skip
     parser.add_argument("--shard-seconds", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where both loops run")
