@@ -3,11 +3,12 @@
 The mini corpus's frozen-upstream emotion fit (egs/mini/conf/emotion.yaml) for N epochs, each command in its own
 process so every time includes its start-up, as a user sees it: live (audio -> upstream every batch, train and
 valid) vs one extraction of the train + valid manifests (reused for every N, counted in every ratio) followed by a
-fit from the cache. Then, for the first upstream, where an epoch goes: its length from the difference of the two
-fits, split by Lightning's simple profiler (`--trainer.profiler simple`, on in every fit) into fetching batches,
-the train and valid steps, and checkpoint writes. `--threads` sets OMP_NUM_THREADS for every command.
+fit from the cache. With `--profile`, every fit runs under Lightning's simple profiler and, for the first upstream,
+the script shows where an epoch goes: its length from the difference of the two fits, split into fetching batches,
+the train and valid steps, and checkpoint writes (the profiler's own hooks then cost a cached fit about 6 s in 20
+epochs, so the ratios are timed without it). `--threads` sets OMP_NUM_THREADS for every command.
 
-    python benchmarks/cache_speedup.py [--upstreams base_random,tiny_hubert] [--epochs 5,20] [--threads 1]
+    python benchmarks/cache_speedup.py [--upstreams base_random,tiny_hubert] [--epochs 5,20] [--threads 1] [--profile]
 
 `base_random` is a base-sized HuBERT (12 x 768, `transformers.HubertConfig()` defaults) with random weights, saved
 to a transformers directory and loaded as `hf:<dir>`; any other name is a strata upstream.
@@ -67,7 +68,8 @@ def fit(upstream: str, epochs: int, run: Path, args: argparse.Namespace, feature
     shutil.rmtree(run, ignore_errors=True)
     options = {"config": args.config, "model.upstream.name": upstream, "data.train": args.train,
                "data.valid": args.valid, "data.num_workers": args.num_workers, "trainer.max_epochs": epochs,
-               "trainer.default_root_dir": run, "trainer.enable_progress_bar": "false", "trainer.profiler": "simple",
+               "trainer.default_root_dir": run, "trainer.enable_progress_bar": "false",
+               "trainer.profiler": "simple" if args.profile else None,
                "data.features": features, "trainer.accelerator": "gpu" if args.device == "cuda" else None}  # fmt: skip
     arguments = [str(x) for key, value in options.items() if value is not None for x in (f"--{key}", value)]
     log = run.with_suffix(".log")
@@ -107,6 +109,10 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="--data.num_workers of every fit (default 0)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fits and extraction run")
     parser.add_argument("--threads", type=int, help="torch threads, here and in every command (OMP_NUM_THREADS)")
+    parser.add_argument("--profile", action="store_true",
+                        help="every fit under Lightning's simple profiler, for the table of where an epoch goes (needs "
+                             "two epoch counts); its hooks cost a cached fit about 6 s in 20 epochs, so the timed "
+                             "ratios are measured without it")  # fmt: skip
     parser.add_argument("--workdir", help="where caches and runs go; a temporary folder (removed) when omitted")
     args = parser.parse_args()
     epochs = [int(n) for n in args.epochs.split(",")]
@@ -143,7 +149,7 @@ def main() -> None:
     header = ["upstream", "epochs", "live fit (s)", "extract (s)", "cached fit (s)", "extract + cached (s)",
               "speed-up", "valid UA % live / cached"]  # fmt: skip
     print(markdown_table(header, rows))
-    if len(epochs) >= 2:
+    if len(epochs) >= 2 and args.profile:
         name, lo, hi = args.upstreams.split(",")[0], min(epochs), max(epochs)
         splits = {}
         for kind in ("live", "cached"):

