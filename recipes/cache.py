@@ -203,8 +203,8 @@ def extract(
     """Run `upstream_name` over every utterance of `manifests` and write the cache to `out` (see the module doc).
 
     Batches are length-bucketed (`batch_seconds` of padded audio; by default 100 on a GPU, 20 elsewhere: see
-    `DEFAULT_BATCH_SECONDS`), run without autograd, under bf16 autocast on a
-    GPU; the stored values are cast to `dtype`. `num_workers` DataLoader processes read, resample and pad the next
+    `DEFAULT_BATCH_SECONDS`), run without autograd, under bf16 autocast on a GPU; the stored values are cast to
+    `dtype`. `num_workers` DataLoader processes read, resample and pad the next
     batches while the model runs (0: in the main process, between forwards). `autocast`: `auto` runs the model under
     bf16 autocast on a GPU and in float32 on a CPU, `bf16` under bf16 autocast on either (about 2x faster on a CPU
     for a base model, ~2 % drift of each layer's largest value; benchmarks/forward_variants.py), `fp32` never.
@@ -475,7 +475,7 @@ class FeatureCache:
 
     def stored(self, utterance: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """`hidden` in the type the shard stores (float16 / bfloat16 / float32; int8 shards scaled to float32),
-        read straight from the memory map: training converts it once, as it pads the batch."""
+        read straight from the memory map: training pads it in this type and converts it in the interface."""
         shard, offset, frames = self.index.utterances[utterance]
         stop = frames if stop is None else min(stop, frames)
         if shard not in self._handles:
