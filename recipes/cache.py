@@ -35,6 +35,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from upstream.base import Upstream
+
 from . import atomic
 from .atomic import atomic_path
 from .data import Manifest, bucket_batches, crop_start, read_entry, read_manifest, repeat_to, utterance_seconds
@@ -71,6 +73,8 @@ def upstream_fingerprint(upstream: torch.nn.Module) -> str:
     It hashes the class, the sizes, and each parameter and buffer's name, shape and (sum, sum of squares) in float64:
     cheap for a base-sized model (one pass over the weights), and a different checkpoint or seed changes it.
     """
+    if isinstance(upstream, IndexedUpstream):
+        return upstream.fingerprint  # its cache's: the weights the features came from
     digest = hashlib.sha256()
     sizes = [getattr(upstream, k, None) for k in ("num_layers", "hidden_size", "downsample_rate", "sample_rate")]
     digest.update(f"{type(upstream).__qualname__}{sizes}".encode())
@@ -119,6 +123,10 @@ class CacheIndex:
     utterances: dict[str, list[int]]  # id -> [shard, offset, frames]
     seconds: float = 0.0  # audio extracted
     autocast: str = "auto"  # the forward's precision: bf16 or fp32 ("auto" in older indexes: bf16 on a GPU)
+    # The upstream's input contract, so that a fit from the cache need not build it (`IndexedUpstream`); None in
+    # indexes written before they were recorded.
+    sample_rate: int | None = None
+    min_samples: int | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -311,6 +319,8 @@ def _extract(
                 utterances=utterances,
                 seconds=sum(float(e["duration"]) for e in entries),
                 autocast="bf16" if bf16 else "fp32",
+                sample_rate=upstream.sample_rate,
+                min_samples=getattr(upstream, "min_samples", 0),
             )
             for stale in set(p.name for p in out.glob("shard_*.safetensors")) - set(names):
                 (out / stale).unlink()  # shards of an earlier plan for this folder
@@ -520,6 +530,60 @@ class FeatureCache:
 
     def bytes_per_hour_per_layer(self) -> float:
         return self.size_bytes() / max(self.index.seconds / 3600, 1e-12) / len(self.index.layers)
+
+
+class IndexedUpstream(Upstream):
+    """The frozen upstream a feature cache was extracted with, as the cache's index describes it: what a fit from the
+    cache holds in place of the built model. Such a fit reads only the upstream's sizes, rates and fingerprint, so
+    the weights are neither loaded, hashed nor kept in memory (for a base model transformers' 2 s import, 0.6 s of
+    loading and hashing and 360 MB). What needs the model itself (audio, the frames of a crop of audio) builds it
+    on first use from its name, after checking that it still loads the weights the features came from."""
+
+    def __init__(self, name: str, folder: str | Path, index: CacheIndex) -> None:
+        super().__init__()
+        if index.sample_rate is None or index.min_samples is None:
+            raise CacheError(f"{folder}/{INDEX} does not describe the upstream's input (an older strata wrote it)")
+        self.name, self.folder, self.fingerprint = name, Path(folder), index.fingerprint
+        self.num_layers, self.hidden_size = index.num_layers, index.hidden_size
+        self.sample_rate, self.min_samples = index.sample_rate, index.min_samples
+        self.downsample_rate = round(index.sample_rate / index.frame_rate)
+        self._frame_rate = index.frame_rate
+        self._built: list[Upstream] = []  # kept out of the module tree: its weights are no part of this model's
+
+    @property
+    def frame_rate(self) -> float:
+        return self._frame_rate
+
+    def built(self) -> Upstream:
+        """The upstream itself, built on first use; a CacheError if its weights are not those of the cache."""
+        if not self._built:
+            from upstream import build_upstream
+
+            upstream = build_upstream(self.name)
+            found = upstream_fingerprint(upstream)
+            if found != self.fingerprint:
+                raise CacheError(
+                    f"{self.folder} was extracted from {self.name} with weights {self.fingerprint}, but {self.name} "
+                    f"now loads other weights ({found}); re-extract: strata extract --upstream {self.name} "
+                    f"--manifest ... --out {self.folder}"
+                )
+            self._built.append(upstream)
+        return self._built[0]
+
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        return self.built().frame_lengths(wav_lengths)
+
+    def hidden_states(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> list[torch.Tensor]:
+        return self.built().to(wavs.device).hidden_states(wavs, wav_lengths)
+
+
+def indexed_upstream(name: str, folder: str | Path) -> IndexedUpstream | None:
+    """The `IndexedUpstream` of the cache in `folder` when it was extracted from `name` by a strata that records
+    what it needs; None otherwise (the run builds the upstream, and the cache's own check says what is wrong)."""
+    index = CacheIndex.read(folder)
+    if index.upstream != name or index.sample_rate is None or index.min_samples is None:
+        return None
+    return IndexedUpstream(name, folder, index)
 
 
 class CachedFeatureDataset(torch.utils.data.Dataset):

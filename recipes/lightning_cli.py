@@ -137,6 +137,8 @@ class StrataCLI(RunFolderCLI):
         super().add_arguments_to_parser(parser)
         # The data module learns the task and the upstream's input contract from the built model, once.
         parser.link_arguments("model", "data.spec", compute_fn=SSLTaskModule.input_spec, apply_on="instantiate")
+        # A fit from a feature cache describes its frozen upstream from the cache instead of building it.
+        parser.link_arguments("data.features", "model.features")
         # Top level (like seed_everything), so a config's `average_best: 5` serves fit and test alike.
         parser.add_argument(
             "--average_best",

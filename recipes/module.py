@@ -11,12 +11,12 @@ import lightning as L
 import torch
 
 from downstream.normalization import FeatureNorm
-from upstream import build_upstream
+from upstream import Upstream, build_upstream
 from upstream.interfaces import build_interface
 from upstream.names import as_config
 
 from . import runs
-from .cache import upstream_fingerprint
+from .cache import indexed_upstream, upstream_fingerprint
 from .evaluation import SplitEvaluation
 from .frozen import leave_out, put_back
 from .nonfinite import checked_loss
@@ -78,6 +78,19 @@ def relocate_task_files(task: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {**task, "init_args": init_args}
 
 
+def build_task_upstream(config: UpstreamConfig, features: str | None = None) -> Upstream:
+    """The upstream `config` names; for a frozen one that the feature cache `features` was extracted from, the
+    cache's description of it (`IndexedUpstream`), which builds the model only if something asks for it. Either
+    way torch's random state is left as it was (loading a model may draw from it), so the head starts from the same
+    weights whether the run trains from audio or from the cache."""
+    if features is not None and config.trainable == "frozen" and not config.train_cnn:
+        described = indexed_upstream(config.name, features)
+        if described is not None:
+            return described
+    with torch.random.fork_rng(devices=[]):
+        return build_upstream(config.name, trainable=config.trainable, train_cnn=config.train_cnn)
+
+
 class SSLTaskModule(L.LightningModule):
     """One module for every task: the `Task` supplies labels, the head (which owns its loss) and metrics.
 
@@ -86,6 +99,10 @@ class SSLTaskModule(L.LightningModule):
     the interface output with running training-set statistics before the head (global MVN, as Kaldi and ESPnet
     do for filterbanks; off in the SUPERB configs). A non-finite training loss stops the run naming its batch;
     `skip_nonfinite_loss` skips such batches instead and lists them in `<run>/nonfinite_batches.jsonl`.
+
+    `features`: the feature cache this run trains from (`strata fit` passes `--data.features`): a frozen upstream the
+    cache was extracted from is then described by the cache's index (`recipes.cache.IndexedUpstream`) instead of
+    built, since the run never reads its weights; checkpoints are the same either way.
     """
 
     def __init__(
@@ -99,9 +116,10 @@ class SSLTaskModule(L.LightningModule):
         warmup_steps: int = 0,
         feature_norm: bool = False,
         skip_nonfinite_loss: bool = False,
+        features: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["features"])  # where this run's data comes from, not part of the model
         # Outside LightningCLI the hyper-parameters are the objects themselves; keep them plain so checkpoints
         # load with torch.load(weights_only=True), as Lightning does when resuming.
         for key, value in list(self.hparams.items()):
@@ -115,7 +133,7 @@ class SSLTaskModule(L.LightningModule):
         self.lr, self.upstream_lr = lr, upstream_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.skip_nonfinite_loss = skip_nonfinite_loss
-        self.upstream = build_upstream(upstream.name, trainable=upstream.trainable, train_cnn=upstream.train_cnn)
+        self.upstream = build_task_upstream(upstream, features)
         self.interface = build_interface(
             interface.name, self.upstream.num_layers, self.upstream.hidden_size, **interface.options
         )

@@ -2,6 +2,7 @@
 into the same index, a cache that does not match the run is refused, and training from it starts where training
 from audio does."""
 
+import json
 import os
 import signal
 import subprocess
@@ -21,14 +22,18 @@ from recipes.cache import (
     CacheError,
     FeatureCache,
     FeatureCollate,
+    IndexedUpstream,
     extract,
+    indexed_upstream,
     parse_layers,
     upstream_fingerprint,
 )
 from recipes.data import AudioDataset, read_manifest, write_jsonl
 from recipes.locking import LOCK
-from recipes.tasks import SpeakerIdTask
+from recipes.module import SSLTaskModule, UpstreamConfig
+from recipes.tasks import EmotionTask, SpeakerIdTask
 from upstream import build_upstream
+from upstream.hf import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,3 +324,75 @@ def test_bf16_autocast_on_the_cpu_is_an_option_recorded_in_the_index(small, tmp_
     assert float((approx - reference).abs().max() / reference.abs().max()) < 0.05  # ... close to float32
     with pytest.raises(CacheError, match="autocast must be one of auto, bf16, fp32"):
         extract("tiny_hubert", [small], tmp_path / "x", autocast="fp8")
+
+
+def test_a_fit_from_the_cache_describes_its_frozen_upstream_from_the_index_and_trains_as_from_audio(
+    mini_corpus, tmp_path
+):
+    folder = tmp_path / "hubert"
+    tiny_model("hubert").save_pretrained(folder)  # loading from a folder draws from torch's generator
+    name, manifests = f"hf:{folder}", [mini_corpus / "emotion" / f"{split}.jsonl" for split in ("train", "valid")]
+    extract(name, manifests, tmp_path / "cache", dtype="float32", progress=False)
+    built = build_upstream(name)
+    module = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name=name), features=str(tmp_path / "cache"))
+    described = module.upstream
+    assert isinstance(described, IndexedUpstream) and not list(described.parameters())
+    fingerprint = FeatureCache(tmp_path / "cache").index.fingerprint
+    assert module.upstream_fingerprint == upstream_fingerprint(built) == fingerprint
+    for key in ("num_layers", "hidden_size", "sample_rate", "min_samples", "frame_rate"):
+        assert getattr(described, key) == getattr(built, key), key
+    # The head starts from the same weights, so the first step is the same as from audio.
+    splits = mini_splits(mini_corpus, "emotion")
+    live = first_step_loss(splits, None, upstream=name)
+    assert first_step_loss(splits, str(tmp_path / "cache"), upstream=name) == pytest.approx(live, rel=1e-5)
+    # Its checkpoint is a live fit's: no upstream weights, the name and fingerprint; loading builds the upstream.
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    assert "features" not in checkpoint["hyper_parameters"]
+    assert not any(key.startswith("upstream.") for key in checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    loaded = SSLTaskModule.from_checkpoint(tmp_path / "model.ckpt")
+    assert type(loaded.upstream) is type(built)
+    # What needs the model itself builds it on first use: the frames of a crop, audio.
+    wav = read_audio(read_manifest(manifests[0]).entries[0]["audio"], 16000)[None]
+    assert torch.equal(described.frame_lengths(torch.tensor([16000])), built.frame_lengths(torch.tensor([16000])))
+    with torch.no_grad():
+        assert torch.equal(described(wav).hidden_states[-1], built(wav).hidden_states[-1])
+    # ... after checking it still loads the weights the cache was extracted from.
+    tiny_model("hubert", seed=1).save_pretrained(folder)
+    stale = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name=name), features=str(tmp_path / "cache"))
+    with pytest.raises(CacheError, match="now loads other weights"):
+        stale.upstream.frame_lengths(torch.tensor([16000]))
+
+
+def test_an_index_without_the_upstreams_input_or_of_another_upstream_has_the_upstream_built(small, tmp_path):
+    extract("tiny_hubert", [small], tmp_path / "cache", progress=False)
+    assert indexed_upstream("tiny_hubert", tmp_path / "cache") is not None
+    assert indexed_upstream("tiny_wavlm", tmp_path / "cache") is None  # the cache's check says what is wrong
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    del index["sample_rate"], index["min_samples"]  # as strata wrote it before they were recorded
+    (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
+    assert indexed_upstream("tiny_hubert", tmp_path / "cache") is None
+    module = SSLTaskModule(EmotionTask(), upstream=UpstreamConfig(name="tiny_hubert"), features=str(tmp_path / "cache"))
+    assert not isinstance(module.upstream, IndexedUpstream) and list(module.upstream.parameters())
+
+
+def test_strata_fit_from_a_cache_imports_no_transformers_model_code(mini_corpus, tmp_path):
+    manifests = [str(mini_corpus / "emotion" / f"{split}.jsonl") for split in ("train", "valid")]
+    extract("tiny_hubert", manifests, tmp_path / "cache", progress=False)
+    arguments = ["fit", "--config", str(ROOT / "egs" / "mini" / "conf" / "emotion.yaml"), "--data.train", manifests[0],
+                 "--data.valid", manifests[1], "--data.features", str(tmp_path / "cache"), "--trainer.max_epochs", "1",
+                 "--trainer.enable_progress_bar", "false", "--model.upstream.name", "tiny_hubert",
+                 "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    script = (
+        "import sys\nfrom recipes.cli import main\n"
+        f"assert main({arguments!r}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('transformers.modeling_utils', 'upstream.hf'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    # The same fit from audio does import them: the check above could fail.
+    loaded = SSLTaskModule.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert type(loaded.upstream).__module__ == "upstream.hf"

@@ -15,9 +15,9 @@ class FirstLoss(L.Callback):
 def first_step_loss(splits: dict[str, str], features: str | None, task: Task | None = None,
                     upstream: str = "fbank") -> float:  # fmt: skip
     """One seeded training step of `task` (emotion by default) on `splits` (train, valid manifests); `features` a
-    `strata extract` folder to train from, or None for audio."""
+    `strata extract` folder to train from (given to the module too, as `strata fit` links it), or None for audio."""
     L.seed_everything(0)
-    module = SSLTaskModule(task or EmotionTask(), upstream=UpstreamConfig(name=upstream))
+    module = SSLTaskModule(task or EmotionTask(), upstream=UpstreamConfig(name=upstream), features=features)
     data = ManifestDataModule(**splits, max_batch_seconds=20, num_workers=0, seed=0, features=features,
                               spec=module.input_spec())  # fmt: skip
     callback = FirstLoss()

@@ -15,12 +15,27 @@ from pathlib import Path
 from torch import nn
 
 from .base import Upstream, UpstreamLoadError
-from .hf import build_hf_upstream, build_tiny_upstream
-from .surface import Fbank, LogMel, Mfcc
-from .tera import build_tera_upstream
-from .torchaudio_backend import build_fairseq_upstream, build_torchaudio_upstream
-from .w2v_bert import build_tiny_w2v_bert
-from .whisper import build_tiny_whisper
+
+
+def _deferred(module: str, name: str) -> Callable[..., Upstream]:
+    """The builder `upstream.<module>.<name>`, imported when first called: the backends import transformers and
+    torchaudio (2 s), which listing presets, checking a config or a fit from a feature cache never need."""
+
+    def build(*args, **options) -> Upstream:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **options)
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+build_hf_upstream = _deferred("hf", "build_hf_upstream")
+build_tiny_upstream = _deferred("hf", "build_tiny_upstream")
+build_tera_upstream = _deferred("tera", "build_tera_upstream")
+build_torchaudio_upstream = _deferred("torchaudio_backend", "build_torchaudio_upstream")
+build_fairseq_upstream = _deferred("torchaudio_backend", "build_fairseq_upstream")
+build_tiny_w2v_bert = _deferred("w2v_bert", "build_tiny_w2v_bert")
+build_tiny_whisper = _deferred("whisper", "build_tiny_whisper")
+Fbank, Mfcc, LogMel = (_deferred("surface", name) for name in ("Fbank", "Mfcc", "LogMel"))
 
 
 @dataclass(frozen=True)
