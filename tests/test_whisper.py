@@ -3,6 +3,9 @@ frames over consecutive windows, the ceil(n / 320) frame rule, batching that cha
 
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +192,16 @@ def test_hf_names_every_model_type_it_reads_for_one_it_does_not(tmp_path):
     )
     with pytest.raises(ValueError, match=r"'bert' model; .*hubert.*wav2vec2-bert.*whisper"):
         build_upstream(f"hf:{tmp_path}")
+
+
+def test_a_fresh_interpreter_builds_a_saved_whisper_from_hf_and_imports_no_backend_until_then(whisper_dir):
+    # The registry imports its backends on first build: `hf:` must still know the model types whisper.py adds.
+    script = (
+        "import sys\nimport upstream\n"
+        "assert 'transformers' not in sys.modules and 'upstream.whisper' not in sys.modules, 'imported too early'\n"
+        f"print(type(upstream.build_upstream('hf:{whisper_dir}')).__name__)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "WhisperUpstream"

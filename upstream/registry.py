@@ -16,19 +16,25 @@ from torch import nn
 
 from .base import Upstream, UpstreamLoadError
 
+# The modules that add transformers model types to `hf.MODEL_TYPES` when imported: `hf:` dispatches over them all.
+MODEL_TYPE_MODULES = ("hf", "whisper", "w2v_bert")
 
-def _deferred(module: str, name: str) -> Callable[..., Upstream]:
-    """The builder `upstream.<module>.<name>`, imported when first called: the backends import transformers and
-    torchaudio (2 s), which listing presets, checking a config or a fit from a feature cache never need."""
+
+def _deferred(module: str, name: str, model_types: bool = False) -> Callable[..., Upstream]:
+    """The builder `upstream.<module>.<name>`, imported when first called (with every `MODEL_TYPE_MODULES` first if
+    `model_types`): the backends import transformers and torchaudio (2 s), which listing presets, checking a config
+    or a fit from a feature cache never need."""
 
     def build(*args, **options) -> Upstream:
+        for registering in MODEL_TYPE_MODULES if model_types else ():
+            importlib.import_module(f"{__package__}.{registering}")
         return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **options)
 
     build.__name__ = build.__qualname__ = name
     return build
 
 
-build_hf_upstream = _deferred("hf", "build_hf_upstream")
+build_hf_upstream = _deferred("hf", "build_hf_upstream", model_types=True)
 build_tiny_upstream = _deferred("hf", "build_tiny_upstream")
 build_tera_upstream = _deferred("tera", "build_tera_upstream")
 build_torchaudio_upstream = _deferred("torchaudio_backend", "build_torchaudio_upstream")
