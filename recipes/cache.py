@@ -130,6 +130,11 @@ class CacheIndex:
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def describes_input(self) -> bool:
+        """Whether the index records the upstream's input contract (indexes before `sample_rate` do not)."""
+        return self.sample_rate is not None and self.min_samples is not None
+
     def write(self, folder: Path) -> Path:
         return atomic.write_text(folder / INDEX, json.dumps(asdict(self), indent=1) + "\n")
 
@@ -541,7 +546,7 @@ class IndexedUpstream(Upstream):
 
     def __init__(self, name: str, folder: str | Path, index: CacheIndex) -> None:
         super().__init__()
-        if index.sample_rate is None or index.min_samples is None:
+        if not index.describes_input:
             raise CacheError(f"{folder}/{INDEX} does not describe the upstream's input (an older strata wrote it)")
         self.name, self.folder, self.fingerprint = name, Path(folder), index.fingerprint
         self.num_layers, self.hidden_size = index.num_layers, index.hidden_size
@@ -581,7 +586,7 @@ def indexed_upstream(name: str, folder: str | Path) -> IndexedUpstream | None:
     """The `IndexedUpstream` of the cache in `folder` when it was extracted from `name` by a strata that records
     what it needs; None otherwise (the run builds the upstream, and the cache's own check says what is wrong)."""
     index = CacheIndex.read(folder)
-    if index.upstream != name or index.sample_rate is None or index.min_samples is None:
+    if index.upstream != name or not index.describes_input:
         return None
     return IndexedUpstream(name, folder, index)
 

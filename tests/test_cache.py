@@ -393,6 +393,7 @@ def test_strata_fit_from_a_cache_imports_no_transformers_model_code(mini_corpus,
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
-    # The same fit from audio does import them: the check above could fail.
+    # Loading its checkpoint builds the real upstream from upstream.hf: the modules checked above are the ones a
+    # built upstream imports.
     loaded = SSLTaskModule.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert type(loaded.upstream).__module__ == "upstream.hf"
